@@ -1,0 +1,77 @@
+"""Energy, forces and stress from one autograd pass. The only caller of ``torch.autograd.grad``.
+
+    E_b  = Σ_{i∈b} E_i
+    F_i  = −∂E/∂r_i
+    σ_b  = (1/V_b) ∂E/∂ε_b      with  r → r(1 + ε_sym),  cell → cell(1 + ε_sym)
+
+The strain ε is symmetrised so that a rotation cannot leak into the virial.
+Sign and units follow ASE's ``atoms.get_stress()``: σ = −virial/V in eV/Å³
+(a compressed cell has negative diagonal stress, pressure = −tr σ/3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .batch import Batch
+from .neighbors import Neighbors, edge_vectors
+
+
+@dataclass(frozen=True)
+class Output:
+    """Results for a batch.
+
+    Attributes:
+        energy: [n_systems] eV, float64.
+        energies: [n_atoms] eV, float64 (per-atom decomposition).
+        forces: [n_atoms, 3] eV/Å, or None.
+        stress: [n_systems, 3, 3] eV/Å³, or None.
+    """
+
+    energy: torch.Tensor
+    energies: torch.Tensor
+    forces: torch.Tensor | None = None
+    stress: torch.Tensor | None = None
+
+
+def compute(model: torch.nn.Module, batch: Batch, neighbors: Neighbors, *, forces: bool = True,
+            stress: bool = False, training: bool = False) -> Output:
+    """Evaluate ``model`` on ``batch``.
+
+    Args:
+        forces: compute F = −dE/dr.
+        stress: compute σ (every structure in the batch must be 3-D periodic).
+        training: keep the graph of the derivatives so a force loss can be
+            back-propagated into the weights.
+    """
+    positions, cell = batch.positions, batch.cell
+    inputs = []
+    if forces:
+        positions = positions.detach().requires_grad_(True)
+        inputs.append(positions)
+    if stress:
+        strain = torch.zeros_like(cell, requires_grad=True)  # [B, 3, 3]
+        symmetric = 0.5 * (strain + strain.transpose(1, 2))
+        positions = positions + torch.bmm(positions.unsqueeze(1), symmetric[batch.system]).squeeze(1)
+        cell = cell + torch.bmm(cell, symmetric)
+        inputs.append(strain)
+
+    vectors = edge_vectors(positions, cell, batch.system, neighbors)  # [E, 3], Å
+    energies = model(batch.numbers, neighbors.edge_index, vectors)  # [N], eV
+    energy = energies.new_zeros(batch.n_systems).index_add_(0, batch.system, energies)  # [B], eV
+
+    if not inputs:
+        return Output(energy, energies)
+    if energy.requires_grad:
+        grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)
+    else:  # no edges anywhere: the energy does not depend on the geometry
+        grads = [None] * len(inputs)
+    grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+    out_forces = -grads[0] if forces else None
+    out_stress = None
+    if stress:
+        volume = torch.linalg.det(batch.cell).abs()  # [B], Å³
+        out_stress = grads[-1] / volume.view(-1, 1, 1)
+    return Output(energy, energies, out_forces, out_stress)

@@ -1,0 +1,135 @@
+"""What every potential shares: species, cutoff, and the energy reference.
+
+A potential maps (atomic numbers [N], edge_index [2, E], edge_vectors [E, 3] Å)
+to per-atom energies [N] in eV:
+
+    E_i = scale · y_i + shift + E_ref[Z_i]
+
+where y_i is the network's dimensionless per-atom output, E_ref the
+per-element reference energies (fitted by least squares on the training data)
+and scale/shift standardise the rest. Forces and stress are not computed
+here: see :mod:`ase_mlff.forces`, the one place that differentiates.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from ase.data import atomic_numbers, chemical_symbols
+from torch import nn
+
+
+def species_to_numbers(species: Sequence[str | int]) -> list[int]:
+    """["H", "C", 8] -> [1, 6, 8] (sorted, unique), with a clear error for typos."""
+    if isinstance(species, str):
+        raise ValueError(
+            f"species must be a list of element symbols, got the string {species!r}; "
+            f"write e.g. species={list(_split_formula(species))!r}"
+        )
+    numbers = set()
+    for s in species:
+        if isinstance(s, str):
+            if s not in atomic_numbers:
+                raise ValueError(f"unknown element symbol {s!r} in species {list(species)}")
+            numbers.add(atomic_numbers[s])
+        else:
+            z = int(s)
+            if not 0 < z < len(chemical_symbols):
+                raise ValueError(f"atomic number {s} out of range in species {list(species)}")
+            numbers.add(z)
+    if not numbers:
+        raise ValueError("species must name at least one element")
+    return sorted(numbers)
+
+
+def _split_formula(text: str) -> list[str]:
+    from ase.symbols import string2symbols
+
+    try:
+        return sorted(set(string2symbols(text)))
+    except Exception:
+        return ["H", "C", "O"]
+
+
+class Potential(nn.Module):
+    """Base class: subclasses implement :meth:`atomic_outputs` and set ``architecture``.
+
+    Args:
+        species: elements the model covers (symbols or atomic numbers).
+        cutoff: radius in Å beyond which atoms do not interact.
+    """
+
+    architecture = "potential"
+
+    def __init__(self, species: Sequence[str | int], cutoff: float):
+        super().__init__()
+        if not cutoff > 0:
+            raise ValueError(f"cutoff must be positive (Å), got {cutoff}")
+        self.cutoff = float(cutoff)
+        numbers = species_to_numbers(species)
+        self.species = [chemical_symbols[z] for z in numbers]
+        index = torch.full((len(chemical_symbols),), -1, dtype=torch.long)
+        index[numbers] = torch.arange(len(numbers))
+        self.register_buffer("species_index", index)  # Z -> 0..n_species-1, or -1
+        self.register_buffer("element_energy", torch.zeros(len(chemical_symbols), dtype=torch.float64))
+        self.register_buffer("scale", torch.ones((), dtype=torch.float64))
+        self.register_buffer("shift", torch.zeros((), dtype=torch.float64))
+
+    def _apply(self, fn, recurse=True):
+        # Reference energies stay float64 whatever dtype the network runs in:
+        # they are ~10^3 eV per atom, where float32 steps are ~0.1 meV, and
+        # the total energy of an NVE run must be resolved far below that.
+        reference = self.element_energy
+        super()._apply(fn, recurse)
+        self.element_energy = reference.to(device=self.scale.device, dtype=torch.float64)
+        return self
+
+    # -- what subclasses provide ---------------------------------------------------
+    def hyperparameters(self) -> dict:
+        """Constructor arguments, enough to rebuild the module (JSON-compatible)."""
+        raise NotImplementedError
+
+    def atomic_outputs(self, species: torch.Tensor, edge_index: torch.Tensor,
+                       edge_vectors: torch.Tensor) -> torch.Tensor:
+        """Dimensionless per-atom outputs y_i, [n_atoms]."""
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------
+    def forward(self, numbers: torch.Tensor, edge_index: torch.Tensor,
+                edge_vectors: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies [n_atoms] in eV (float64: the reference is added in float64)."""
+        y = self.atomic_outputs(self.species_index[numbers], edge_index, edge_vectors)
+        return y * self.scale + self.shift + self.element_energy[numbers]
+
+    def check_numbers(self, numbers) -> None:
+        """Error naming the elements the model does not cover."""
+        unknown = sorted({int(z) for z in numbers} - set(self.atomic_numbers))
+        if unknown:
+            names = [chemical_symbols[z] for z in unknown]
+            raise ValueError(
+                f"element(s) {', '.join(names)} not covered by this {self.architecture} model, "
+                f"which was trained on {', '.join(self.species)}; use a model trained on "
+                f"these elements"
+            )
+
+    @property
+    def atomic_numbers(self) -> list[int]:
+        return [atomic_numbers[s] for s in self.species]
+
+    def set_energy_reference(self, element_energy: dict[str | int, float],
+                             scale: float = 1.0, shift: float = 0.0) -> None:
+        """Per-element reference energies (eV) and the scale/shift of the network output."""
+        table = torch.zeros_like(self.element_energy)
+        for key, value in element_energy.items():
+            z = atomic_numbers[key] if isinstance(key, str) else int(key)
+            table[z] = float(value)
+        self.element_energy.copy_(table)
+        self.scale.fill_(float(scale))
+        self.shift.fill_(float(shift))
+
+    def energy_reference(self) -> dict[str, float]:
+        return {s: float(self.element_energy[z]) for s, z in zip(self.species, self.atomic_numbers)}
+
+    def extra_repr(self) -> str:
+        return f"species={self.species}, cutoff={self.cutoff}"
