@@ -1,0 +1,1 @@
+"""Molecular dynamics on top of the calculator: driver, HDF5 output, reports."""

@@ -1,0 +1,1 @@
+"""Training and evaluation of potentials on reference data."""
