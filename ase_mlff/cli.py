@@ -1,4 +1,8 @@
-"""``mlff-md``: the command-line entry point. Subcommands live beside their code."""
+"""``mlff-md``: the command-line entry point.
+
+Each subsystem defines its commands beside its code (``ase_mlff/md/cli.py``,
+``ase_mlff/training/cli.py``); this module only gathers them.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,10 @@ from ._version import __version__
 def main() -> None:
     """Molecular dynamics, training and evaluation with machine-learned force fields."""
 
+
+# Subcommand registration (one line per subsystem module), e.g.
+#   from .md.cli import run, report, convert
+#   for command in (run, report, convert): main.add_command(command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -34,7 +34,7 @@ from .units import energy_factor, length_factor
 
 FORMAT = "ase-mlff-model"
 FORMAT_VERSION = 1
-from .potentials import MODEL_SUFFIX
+from .bundled import MODEL_SUFFIX
 
 
 def save_model(model: Potential, path: str | os.PathLike, metadata: dict | None = None,
@@ -138,7 +138,7 @@ def model_from_record(record: dict, source: str = "<record>") -> Potential:
 
 def load_model(path: str | os.PathLike) -> Potential:
     """Load a model file (or the name of a bundled potential) on the CPU, in eval mode."""
-    from .potentials import resolve_model_path
+    from .bundled import resolve_model_path
 
     path = resolve_model_path(path)
     model = model_from_record(read_model_record(path), str(path))
