@@ -21,5 +21,10 @@ def main() -> None:
 #   from .md.cli import run, report, convert
 #   for command in (run, report, convert): main.add_command(command)
 
+from .md.cli import convert, report, run  # noqa: E402
+
+for _command in (run, report, convert):
+    main.add_command(_command)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,75 @@
+"""Checks on user input before a run starts: each failure is one clear sentence.
+
+Errors raise ``ValueError`` (the command line prints the message, no
+traceback); doubtful but legal choices emit a ``UserWarning``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from ase import Atoms
+
+#: atoms closer than this (Å) overlap: no bonded pair is shorter than ~0.74 Å (H₂)
+MIN_DISTANCE = 0.5
+#: above this timestep (fs) hydrogen vibrations (period ~9 fs) are integrated badly
+MAX_TIMESTEP_WITH_H = 2.0
+
+
+class MDWarning(UserWarning):
+    """A legal but doubtful MD setting."""
+
+
+def check_settings(settings, ensembles, velocity_modes) -> None:
+    if settings.ensemble not in ensembles:
+        raise ValueError(f"unknown ensemble {settings.ensemble!r}; valid: {', '.join(ensembles)}")
+    if settings.velocities not in velocity_modes:
+        raise ValueError(f"unknown velocities {settings.velocities!r}; valid: {', '.join(velocity_modes)}")
+    if not settings.steps > 0:
+        raise ValueError(f"the number of steps must be a positive integer, got {settings.steps}")
+    if not (np.isfinite(settings.timestep_fs) and settings.timestep_fs > 0):
+        raise ValueError(f"the timestep must be positive, got {settings.timestep_fs} fs; "
+                         "0.5 fs is a safe choice with hydrogen")
+    if not settings.temperature_K >= 0:
+        raise ValueError(f"the temperature must be >= 0 K, got {settings.temperature_K} K")
+    if settings.ensemble == "langevin" and not settings.friction_per_fs > 0:
+        raise ValueError(f"the Langevin friction must be positive, got {settings.friction_per_fs} 1/fs; "
+                         "0.01 1/fs is typical")
+    if settings.ensemble in ("bussi", "nose-hoover") and not settings.taut_fs > 0:
+        raise ValueError(f"the thermostat time constant must be positive, got {settings.taut_fs} fs; "
+                         "100 fs is typical")
+    if settings.ensemble != "nve" and not settings.temperature_K > 0:
+        raise ValueError(f"a thermostat needs a target temperature above 0 K, got {settings.temperature_K} K")
+    for name in ("h5_interval", "log_interval", "flush_every"):
+        if getattr(settings, name) < 1:
+            raise ValueError(f"{name} must be at least 1 step, got {getattr(settings, name)}")
+    if settings.traj_interval < 0:
+        raise ValueError(f"traj_interval must be >= 0 (0: no .traj frames), got {settings.traj_interval}")
+
+
+def check_structure(atoms: Atoms, timestep_fs: float) -> None:
+    """Overlapping atoms (error), non-finite positions (error), large timestep with H (warning)."""
+    if len(atoms) == 0:
+        raise ValueError("the structure has no atoms")
+    if not np.isfinite(atoms.positions).all():
+        raise ValueError("the structure has non-finite positions")
+    if atoms.pbc.any() and atoms.cell.rank < int(atoms.pbc.sum()):
+        raise ValueError(f"the structure is periodic along {atoms.pbc.tolist()} but its cell "
+                         f"{atoms.cell.cellpar().round(3).tolist()} does not span those directions; "
+                         "give a cell or set pbc=False")
+    if len(atoms) > 1:
+        from ase.neighborlist import neighbor_list
+
+        i, j, d = neighbor_list("ijd", atoms, MIN_DISTANCE)
+        if len(d):
+            k = int(np.argmin(d))
+            raise ValueError(
+                f"atoms {i[k]} ({atoms.get_chemical_symbols()[i[k]]}) and {j[k]} "
+                f"({atoms.get_chemical_symbols()[j[k]]}) are {d[k]:.3f} Å apart, closer than "
+                f"{MIN_DISTANCE} Å: the structure has overlapping atoms (duplicated atoms or a wrong "
+                "cell?); fix the structure file")
+    if timestep_fs > MAX_TIMESTEP_WITH_H and 1 in atoms.numbers:
+        warnings.warn(f"a timestep of {timestep_fs:g} fs is above {MAX_TIMESTEP_WITH_H:g} fs with "
+                      "hydrogen present: X-H vibrations will be integrated badly and energy will "
+                      "drift; use --timestep-fs 0.5 (or deuterium masses)", MDWarning, stacklevel=3)
