@@ -70,9 +70,12 @@ def _calculator(model: str | None, numbers, device: str, dtype: str, threads: in
             path = resolve_model_path(model)
             label = str(path) if Path(model).exists() else f"bundled potential {model} ({path})"
         calculator = MLFFCalculator(path, device=device, dtype=dtype, num_threads=threads)
-        calculator.model.check_numbers(sorted({int(z) for z in numbers}))
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         raise click.ClickException(str(error)) from None
+    try:
+        calculator.model.check_numbers(sorted({int(z) for z in numbers}))
+    except ValueError as error:
+        raise click.ClickException(f"{label}: {error}") from None
     return calculator, Path(path), label
 
 

@@ -168,15 +168,18 @@ def _restore_thermostat(dyn, state: dict) -> None:
 def initialize_velocities(atoms: Atoms, temperature_K: float, rng: np.random.Generator) -> None:
     """Maxwell-Boltzmann momenta at ``temperature_K``, zero total momentum, and for
     non-periodic systems zero angular momentum (ASE keeps the sampled temperature)."""
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+    from ase.md import velocitydistribution as vd
 
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    if hasattr(vd, "thermalize_momenta"):  # ASE >= 3.29 deprecates MaxwellBoltzmannDistribution
+        vd.thermalize_momenta(atoms, temperature_K, rng=rng)
+    else:
+        vd.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
     if len(atoms) > 1:
-        Stationary(atoms)
+        vd.Stationary(atoms)
     # rotations only for molecules; a linear or single-atom molecule has a zero
     # moment of inertia, which ZeroRotation would divide by
     if not atoms.pbc.any() and len(atoms) > 2 and atoms.get_moments_of_inertia().min() > 1e-8:
-        ZeroRotation(atoms)
+        vd.ZeroRotation(atoms)
 
 
 class _Simulation:
