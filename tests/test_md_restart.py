@@ -1,0 +1,133 @@
+"""Nothing is lost: restarts repeat the uninterrupted run, killed and stopped runs leave readable files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import ase.io
+import h5py
+import numpy as np
+import pytest
+from test_md_fixtures import ar_files, frames, invoke  # noqa: F401
+
+from ase_mlff.md.h5 import FRAME_FIELDS, read_frames
+
+RUN_AR = ("run", "--timestep-fs", "5", "--temperature", "30", "--seed", "11", "-q")
+
+
+def assert_same_frames(a, b, upto=None):
+    """Bit-for-bit: the restart starts from the exact float64 positions and momenta of the
+    checkpoint and repeats the same floating-point operations (same machine, same threads)."""
+    for name in FRAME_FIELDS:
+        x, y = frames(a, name), frames(b, name)
+        if upto is not None:
+            x, y = x[: upto + 1], y[: upto + 1]
+        np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+@pytest.mark.parametrize("ensemble", ["nve", "langevin", "bussi", "nose-hoover"])
+def test_restart_reproduces_uninterrupted_run(tmp_path, ar_files, ensemble):
+    structure, model = ar_files
+    common = (*RUN_AR, "--ensemble", ensemble, "-m", model)
+    assert invoke(*common, structure, "--steps", 120, "-o", tmp_path / "full").exit_code == 0
+    assert invoke(*common, structure, "--steps", 70, "-o", tmp_path / "part").exit_code == 0
+    with h5py.File(tmp_path / "part.h5", "r") as f:
+        assert f["checkpoint"].attrs["step"] == 70
+    result = invoke("run", "-q", "--restart", tmp_path / "part.h5", "--steps", 120)
+    assert result.exit_code == 0, result.output
+    assert_same_frames(tmp_path / "full.h5", tmp_path / "part.h5")
+    full = ase.io.read(tmp_path / "full.traj", ":")
+    part = ase.io.read(tmp_path / "part.traj", ":")
+    assert len(full) == len(part) == 13
+    for a, b in zip(full, part):
+        np.testing.assert_array_equal(a.positions, b.positions)
+    assert "restarted at step 70" in (tmp_path / "part.log").read_text()
+    with h5py.File(tmp_path / "part.h5", "r") as f:
+        assert f.attrs["status"] == "completed" and f.attrs["last_restart_step"] == 70
+
+
+def test_restart_refuses_a_different_model_and_a_finished_run(tmp_path, ar_files):
+    from ase_mlff import save_model
+    from ase_mlff.models import LennardJones
+
+    structure, model = ar_files
+    assert invoke(*RUN_AR, structure, "-m", model, "--steps", 20, "-o", tmp_path / "r").exit_code == 0
+    result = invoke("run", "--restart", tmp_path / "r.h5")
+    assert result.exit_code == 1 and "already reached step 20" in result.output
+    save_model(LennardJones(["Ar"], epsilon=0.02, sigma=3.4), model)  # the file changes
+    result = invoke("run", "--restart", tmp_path / "r.h5", "--steps", 40)
+    assert result.exit_code == 1 and "not the model this run started with" in result.output
+
+
+def _start(tmp_path, structure, model, prefix, steps):
+    env = dict(os.environ, MLFF_NUM_THREADS="1")
+    args = [sys.executable, "-m", "ase_mlff.cli", *RUN_AR, str(structure), "-m", str(model),
+            "--steps", str(steps), "-o", str(tmp_path / prefix), "--flush-every", "1",
+            "--log-interval", "10"]
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(log, step, process, timeout=180.0):
+    """Wait until the run has logged ``step`` (the log is line-buffered)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"run ended early: {process.communicate()}")
+        if log.exists():
+            rows = [line for line in log.read_text().splitlines() if line and not line.startswith("#")]
+            if rows and int(rows[-1].split()[0]) >= step:
+                return
+        time.sleep(0.2)
+    process.kill()
+    process.communicate()
+    raise AssertionError(f"no step {step} in {log} after {timeout} s")
+
+
+def test_sigkill_leaves_readable_file_that_restarts(tmp_path, ar_files):
+    structure, model = ar_files
+    process = _start(tmp_path, structure, model, "killed", 10_000_000)
+    _wait_for_step(tmp_path / "killed.log", 150, process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)  # reaps it and closes the pipes
+    assert process.returncode == -signal.SIGKILL
+    # readable with h5py, the reader and ase.io, every dataset the same length
+    with h5py.File(tmp_path / "killed.h5", "r") as f:
+        assert f.attrs["status"] == "running"
+        n = f.attrs["n_frames"]
+        assert n >= 10
+        assert {f["frames"][name].shape[0] for name in FRAME_FIELDS} == {n}
+        checkpoint = int(f["checkpoint"].attrs["step"])
+        steps = f["frames/step"][:]
+    np.testing.assert_array_equal(steps, np.arange(0, 10 * n, 10))
+    assert checkpoint >= steps[-1]
+    assert len(read_frames(tmp_path / "killed.h5")) == n
+    assert len(ase.io.read(tmp_path / "killed.h5", ":")) == n
+    assert len(ase.io.read(tmp_path / "killed.traj", ":")) >= 1
+    # and the run continues from it as if nothing happened
+    final = checkpoint + 40
+    result = invoke("run", "-q", "--restart", tmp_path / "killed.h5", "--steps", final)
+    assert result.exit_code == 0, result.output
+    assert invoke(*RUN_AR, structure, "-m", model, "--steps", final, "-o", tmp_path / "ref").exit_code == 0
+    assert_same_frames(tmp_path / "ref.h5", tmp_path / "killed.h5")
+    assert len(ase.io.read(tmp_path / "killed.traj", ":")) == len(ase.io.read(tmp_path / "ref.traj", ":"))
+
+
+def test_sigterm_closes_files_cleanly(tmp_path, ar_files):
+    structure, model = ar_files
+    process = _start(tmp_path, structure, model, "term", 10_000_000)
+    _wait_for_step(tmp_path / "term.log", 100, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    with h5py.File(tmp_path / "term.h5", "r") as f:
+        assert f.attrs["status"] == "interrupted"
+        stop = int(f.attrs["last_step"])
+        assert int(f["checkpoint"].attrs["step"]) == stop
+        assert f["frames/step"][-1] == stop - stop % 10
+    assert "# interrupted: stopped by SIGTERM" in (tmp_path / "term.log").read_text()
+    assert len(ase.io.read(tmp_path / "term.traj", ":")) == stop // 10 + 1
