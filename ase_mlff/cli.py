@@ -26,5 +26,10 @@ from .md.cli import convert, report, run  # noqa: E402
 for _command in (run, report, convert):
     main.add_command(_command)
 
+from .training.cli import evaluate, info, train  # noqa: E402
+
+for _command in (train, evaluate, info):
+    main.add_command(_command)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

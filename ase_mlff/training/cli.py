@@ -1,0 +1,308 @@
+"""``mlff-md train``, ``mlff-md eval`` and ``mlff-md info``."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import click
+
+from ..units import ENERGY_UNITS, LENGTH_UNITS
+
+
+def _count(value: str | None, name: str):
+    """'100' -> 100 frames, '0.1' -> 10 % of the frames."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a frame count nor a fraction", param_hint=name) from None
+    if 0 < number < 1:
+        return number
+    if number < 0 or number != int(number):
+        raise click.BadParameter(f"{value!r}: give a whole number of frames or a fraction in (0, 1)",
+                                 param_hint=name)
+    return int(number)
+
+
+def _read(path, energy_unit, length_unit, energy_key="energy", forces_key="forces"):
+    from .data import read_dataset
+
+    try:
+        return read_dataset(path, energy_unit=energy_unit, length_unit=length_unit,
+                            energy_key=energy_key, forces_key=forces_key)
+    except (ValueError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _metadata_items(items: tuple[str, ...]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--metadata")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
+
+
+_units = [
+    click.option("--energy-unit", type=click.Choice(sorted(ENERGY_UNITS)), default="eV", show_default=True,
+                 help="Energy unit of the data file (forces are in this unit per length unit)."),
+    click.option("--length-unit", type=click.Choice(sorted(LENGTH_UNITS)), default="Å", show_default=True,
+                 help="Length unit of positions and cell in the data file."),
+]
+
+
+def _with_units(function):
+    for option in reversed(_units):
+        function = option(function)
+    return function
+
+
+@click.command()
+@click.argument("data", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Model file to write (.pt).")
+@click.option("--arch", "architecture", default="painn", show_default=True, help="Architecture: painn or schnet.")
+@click.option("--species", default=None, help="Comma-separated elements the model covers (default: those in the data).")
+@click.option("--cutoff", default=5.0, show_default=True, help="Cutoff radius, Å.")
+@click.option("--features", "n_features", default=64, show_default=True, help="Feature width.")
+@click.option("--interactions", "n_interactions", default=3, show_default=True, help="Interaction blocks.")
+@click.option("--rbf", "n_rbf", default=20, show_default=True, help="Radial basis functions.")
+@_with_units
+@click.option("--energy-key", default="energy", show_default=True, help="atoms.info key of the energy (without a calculator).")
+@click.option("--forces-key", default="forces", show_default=True, help="atoms.arrays key of the forces (without a calculator).")
+@click.option("--split", "split_file", type=click.Path(dir_okay=False), default=None,
+              help="JSON file with 'train', 'val' (and 'test') frame-index lists.")
+@click.option("--split-tag", default=None, metavar="KEY:TRAIN:TEST",
+              help="Split by a per-frame tag in atoms.info, e.g. rmd17_splits:train01:test01; "
+                   "validation frames are blocks of frames carrying neither tag.")
+@click.option("--n-train", default=None, help="Training frames (count or fraction; default: all the rest).")
+@click.option("--n-val", default="0.1", show_default=True, help="Validation frames (count or fraction).")
+@click.option("--n-test", default="0.1", show_default=True, help="Test frames (count or fraction; random split only).")
+@click.option("--val-block", default=25, show_default=True, help="Consecutive frames per validation block (--split-tag).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the split, the initial weights and the shuffling.")
+@click.option("--energy-weight", default=1.0, show_default=True, help="Weight of the per-atom energy loss.")
+@click.option("--forces-weight", default=10.0, show_default=True, help="Weight of the force loss.")
+@click.option("--optimizer", type=click.Choice(["adam", "adamw"]), default="adam", show_default=True)
+@click.option("--lr", "learning_rate", default=5e-4, show_default=True, help="Initial learning rate.")
+@click.option("--weight-decay", default=0.0, show_default=True)
+@click.option("--batch-size", default=10, show_default=True, help="Frames per optimizer step.")
+@click.option("--epochs", "max_epochs", default=1000, show_default=True, help="Maximum number of epochs.")
+@click.option("--max-time", "max_time_min", type=float, default=None, help="Training time budget in minutes.")
+@click.option("--patience", default=60, show_default=True, help="Epochs without improvement before stopping.")
+@click.option("--lr-patience", default=15, show_default=True, help="Plateau epochs before the learning rate halves.")
+@click.option("--ema-decay", default=0.99, show_default=True, help="Decay of the exponential moving average of weights (0: off).")
+@click.option("--grad-clip", default=10.0, show_default=True, help="Gradient-norm clip (0: off).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--threads", type=int, default=None, help="CPU threads (default: MLFF_NUM_THREADS or the cores available).")
+@click.option("--metadata", "metadata_items", multiple=True, metavar="KEY=VALUE",
+              help="Extra metadata stored in the model file (VALUE parsed as JSON if possible).")
+@click.option("--tensorboard", "tensorboard_dir", default=None, type=click.Path(file_okay=False),
+              help="Also log to TensorBoard in this folder (needs tensorboard).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
+@click.option("--quiet", "-q", is_flag=True, help="No per-epoch progress lines.")
+def train(data, output, architecture, species, energy_unit, length_unit, energy_key, forces_key,
+          split_file, split_tag, n_train, n_val, n_test, val_block, seed, threads, metadata_items,
+          tensorboard_dir, resume, overwrite, quiet, **hyper):
+    """Train a potential on DATA (extxyz/db/traj, MD17 .npz, mlff-md .h5) and write --output."""
+    from ..threads import set_threads
+    from .splits import load_split, random_split, save_split, tagged_split
+    from .trainer import TrainConfig, Trainer
+
+    output = Path(output)
+    split_path = output.with_name(output.stem + ".split.json")
+    checkpoint = output.with_name(output.name + ".ckpt")
+    if resume:
+        if not checkpoint.exists():
+            raise click.ClickException(f"--resume: no checkpoint {checkpoint}; start without --resume")
+    elif not overwrite:
+        for path in (output, checkpoint):
+            if path.exists():
+                raise click.ClickException(
+                    f"{path} exists; pass --overwrite to replace it"
+                    + (" or --resume to continue that run" if path == checkpoint else ""))
+    try:
+        set_threads(threads)
+        config = TrainConfig(architecture=architecture.lower(),
+                             species=[s.strip() for s in species.split(",")] if species else None,
+                             seed=seed, **hyper)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    dataset = _read(data, energy_unit, length_unit, energy_key, forces_key)
+    try:
+        if resume:
+            split = load_split(split_path)
+        elif split_file:
+            split = load_split(split_file)
+        elif split_tag:
+            parts = split_tag.split(":")
+            if len(parts) != 3:
+                raise click.BadParameter(f"{split_tag!r}: expected KEY:TRAIN:TEST", param_hint="--split-tag")
+            key, train_tag, test_tag = parts
+            missing = [k for k, info in enumerate(dataset.info) if key not in info]
+            if missing:
+                raise ValueError(f"frame {missing[0]} of {data} has no {key!r} in atoms.info")
+            n_val_count = _count(n_val, "--n-val")
+            if isinstance(n_val_count, float):
+                n_val_count = int(round(n_val_count * len(dataset)))
+            n_train_count = _count(n_train, "--n-train")
+            split = tagged_split([str(info[key]) for info in dataset.info], train_tag, test_tag,
+                                 n_val=n_val_count, val_block=val_block, seed=seed,
+                                 n_train=None if n_train_count is None else int(n_train_count))
+        else:
+            split = random_split(len(dataset), n_val=_count(n_val, "--n-val"), n_test=_count(n_test, "--n-test"),
+                                 n_train=_count(n_train, "--n-train"), seed=seed)
+        split.check_range(len(dataset), str(data))
+        if not quiet:
+            echo = click.echo
+        else:
+            def echo(line):
+                return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            with warnings.catch_warnings(record=True) as caught:
+                trainer = Trainer(dataset, split, config, output, checkpoint=checkpoint,
+                                  metadata=_metadata_items(metadata_items), echo=echo,
+                                  tensorboard_dir=tensorboard_dir)
+        for warning in caught:
+            click.echo(f"warning: {warning.message}", err=True)
+        if resume:
+            trainer.load_checkpoint()
+            click.echo(f"resuming after epoch {trainer.epoch} (best epoch {trainer.best_epoch})")
+        else:
+            save_split(split, split_path, {"data": str(data), "data_sha256": trainer.data_hash})
+        result = trainer.fit()
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        raise click.ClickException(str(error)) from None
+    from .evaluate import format_table
+
+    for name, metrics in result.metrics.items():
+        click.echo(format_table(metrics, f"{name} set ({metrics['n_frames']} frames)"))
+    click.echo(f"split written to {split_path}, log to {trainer.log_csv}, checkpoint {checkpoint}")
+
+
+@click.command("eval")
+@click.argument("model")
+@click.argument("data", type=click.Path(dir_okay=False))
+@_with_units
+@click.option("--subset", type=click.Choice(["train", "val", "test"]), default=None,
+              help="Evaluate only these frames of DATA, from --split or the split stored in the model.")
+@click.option("--split", "split_file", type=click.Path(dir_okay=False), default=None,
+              help="Split JSON file for --subset (default: the model's own split).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a parity plot PNG here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the metrics as JSON here.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--threads", type=int, default=None, help="CPU threads.")
+def evaluate(model, data, energy_unit, length_unit, subset, split_file, plot, json_path, batch_size,
+             device, dtype, threads):
+    """Errors of MODEL (file or bundled name) on DATA: energy and force MAE/RMSE."""
+    from ..io import load_model
+    from ..threads import set_threads
+    from .evaluate import evaluate_model, format_table, parity_plot
+    from .splits import load_split
+
+    try:
+        set_threads(threads)
+        potential = load_model(model)
+    except (ValueError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from None
+    dataset = _read(data, energy_unit, length_unit)
+    if split_file and not subset:
+        raise click.BadParameter("--split needs --subset train|val|test", param_hint="--split")
+    try:
+        if subset:
+            if split_file:
+                indices = getattr(load_split(split_file), subset)
+            else:
+                training = potential.metadata.get("training", {})
+                if "split" not in training:
+                    raise ValueError(f"{model} stores no split; pass --split FILE")
+                if training.get("data_sha256") != dataset.fingerprint():
+                    raise ValueError(f"{data} is not the data {model} was trained on (hash differs), "
+                                     "so its stored split does not apply; pass --split FILE")
+                indices = training["split"][subset]
+            if not indices:
+                raise ValueError(f"the {subset} set of the split is empty")
+            dataset = dataset.subset(indices)
+        metrics, energy, forces = evaluate_model(potential, dataset, batch_size, device, dtype)
+    except (ValueError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from None
+    title = f"{model} on {data}" + (f" ({subset} set)" if subset else "")
+    click.echo(format_table(metrics, title))
+    if json_path:
+        Path(json_path).write_text(json.dumps(metrics, indent=1))
+    if plot:
+        try:
+            parity_plot(dataset, energy, forces, plot, title)
+        except ImportError as error:
+            raise click.ClickException(str(error)) from None
+        click.echo(f"parity plot written to {plot}")
+
+
+@click.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole record (without weights) as JSON.")
+def info(model, as_json):
+    """What is inside a model file (or bundled potential): architecture, species, training, metrics."""
+    from ..bundled import resolve_model_path
+    from ..io import read_model_record
+    from .evaluate import format_table
+
+    try:
+        path = resolve_model_path(model)
+        record = read_model_record(path)
+    except (ValueError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from None
+    n_parameters = sum(v.numel() for k, v in record["state_dict"].items()
+                       if v.is_floating_point() and not k.endswith(("element_energy", "scale", "shift",
+                                                                    "species_index", "centers", "frequencies")))
+    if as_json:
+        public = {k: v for k, v in record.items() if k != "state_dict"}
+        click.echo(json.dumps(public, indent=1, default=str))
+        return
+    meta = record.get("metadata", {})
+    reference = record.get("energy_reference", {})
+    lines = [
+        f"file              {path}",
+        f"format            {record['format']} v{record['format_version']} (ase-mlff {record.get('package_version', '?')})",
+        f"architecture      {record['architecture']}",
+        f"species           {', '.join(record['species'])}",
+        f"cutoff            {record['cutoff']} Å",
+        f"hyperparameters   {json.dumps(record['hyperparameters'])}",
+        f"parameters        {n_parameters}",
+        f"dtype             {record.get('dtype')}",
+        f"units             {record.get('units')}",
+        "energy reference  " + ", ".join(f"{k} {v:.6f} eV" for k, v in reference.get("element_energy", {}).items())
+        + f"; scale {reference.get('scale', 1.0):.6g} eV, shift {reference.get('shift', 0.0):.6g} eV",
+    ]
+    for key, value in meta.items():
+        if key not in ("training", "metrics"):
+            lines.append(f"{key:<17} {value}")
+    training = meta.get("training")
+    if training:
+        split = training.get("split", {})
+        config = training.get("config", {})
+        lines += [
+            f"training data     {training.get('data')} ({training.get('n_frames')} frames, sha256 {str(training.get('data_sha256'))[:16]}...)",
+            f"split             train {split.get('n_train')}, val {split.get('n_val')}, test {split.get('n_test')} "
+            f"({json.dumps(split.get('method', {}))})",
+            f"trained           {training.get('epochs')} epochs (best {training.get('best_epoch')}), "
+            f"{training.get('wall_time_s', 0) / 60:.1f} min on {training.get('hardware')}; "
+            f"stopped: {training.get('stopped_because')}",
+            f"optimizer         {config.get('optimizer')} lr {config.get('learning_rate')}, batch {config.get('batch_size')}, "
+            f"loss weights E {config.get('energy_weight')} F {config.get('forces_weight')}, EMA {config.get('ema_decay')}",
+        ]
+        if not training.get("forces_trained", True):
+            lines.append("warning           trained on energies only: its forces were never fitted")
+    click.echo("\n".join(lines))
+    for name, metrics in meta.get("metrics", {}).items():
+        click.echo(format_table(metrics, f"{name} set metrics"))

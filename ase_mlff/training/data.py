@@ -1,0 +1,362 @@
+"""Reference data (energies and, usually, forces) from files, in eV and Å.
+
+Readers:
+
+* anything ``ase.io.read`` reads that carries energies (extxyz, ASE db, .traj):
+  the energy and forces come from the attached single-point calculator, or
+  from ``atoms.info`` / ``atoms.arrays`` under ``energy_key`` / ``forces_key``;
+* ``.npz`` in the MD17 layout (``R``, ``E``, ``F``, ``z``) or the rMD17 layout
+  (``coords``, ``energies``, ``forces``, ``nuclear_charges``);
+* ``.h5`` / ``.hdf5`` trajectories written by ``mlff-md run`` (frame-major
+  datasets ``positions``, ``forces``, ``potential_energy``, ``atomic_numbers``,
+  ``cell``, optionally ``pbc``), so a model can be trained on its own MD.
+
+Units are converted once, here, through :mod:`ase_mlff.units`: a source in
+kcal/mol and Å gives energies × 0.04336 eV and forces × 0.04336 eV/Å.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.data import chemical_symbols
+
+from ..units import energy_factor, length_factor
+
+#: file suffixes handled by the dedicated readers (everything else goes to ase.io.read)
+NPZ_SUFFIXES = (".npz",)
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Frames with reference labels, in eV and Å.
+
+    Attributes:
+        atoms: structures (positions Å, numbers, cell Å, pbc), no calculators.
+        energy: [n_frames] eV, total energies.
+        forces: one [n_atoms, 3] eV/Å array per frame, or None (energy-only data).
+        info: per-frame metadata (``atoms.info`` for ASE formats, empty otherwise).
+        source: where the frames came from (for messages and metadata).
+    """
+
+    atoms: list[Atoms]
+    energy: np.ndarray
+    forces: list[np.ndarray] | None
+    info: list[dict] = field(default_factory=list)
+    source: str = "<memory>"
+
+    def __len__(self) -> int:
+        return len(self.atoms)
+
+    @property
+    def has_forces(self) -> bool:
+        return self.forces is not None
+
+    @property
+    def species(self) -> list[str]:
+        """Elements present, sorted by atomic number."""
+        numbers = sorted({int(z) for a in self.atoms for z in a.numbers})
+        return [chemical_symbols[z] for z in numbers]
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        return np.array([len(a) for a in self.atoms], dtype=np.int64)
+
+    def subset(self, indices: Sequence[int]) -> "Dataset":
+        indices = [int(k) for k in indices]
+        return Dataset(
+            atoms=[self.atoms[k] for k in indices],
+            energy=self.energy[indices],
+            forces=None if self.forces is None else [self.forces[k] for k in indices],
+            info=[self.info[k] for k in indices] if self.info else [],
+            source=self.source,
+        )
+
+    def fingerprint(self) -> str:
+        """sha256 of numbers, positions, cells, pbc and labels (identifies the training data)."""
+        digest = hashlib.sha256()
+        for k, a in enumerate(self.atoms):
+            digest.update(np.ascontiguousarray(a.numbers, dtype=np.int64).tobytes())
+            digest.update(np.ascontiguousarray(a.positions, dtype=np.float64).tobytes())
+            digest.update(np.ascontiguousarray(a.cell.array, dtype=np.float64).tobytes())
+            digest.update(np.ascontiguousarray(a.pbc, dtype=bool).tobytes())
+            digest.update(np.float64(self.energy[k]).tobytes())
+            if self.forces is not None:
+                digest.update(np.ascontiguousarray(self.forces[k], dtype=np.float64).tobytes())
+        return digest.hexdigest()
+
+
+def from_atoms(frames: Sequence[Atoms], energy_key: str = "energy", forces_key: str = "forces",
+               source: str = "<memory>", energy_unit: str = "eV", length_unit: str = "Å") -> Dataset:
+    """Labels from each frame's single-point calculator, else ``info``/``arrays`` keys.
+
+    Args:
+        energy_key: name of the energy in ``atoms.info`` when there is no calculator.
+        forces_key: name of the per-atom forces in ``atoms.arrays`` when there is no calculator.
+    """
+    frames = list(frames)
+    if not frames:
+        raise ValueError(f"{source} holds no frames")
+    energies, forces, infos, structures = [], [], [], []
+    for k, a in enumerate(frames):
+        results = dict(a.calc.results) if a.calc is not None else {}
+        energy = results.get("energy", a.info.get(energy_key))
+        if energy is None:
+            energy = results.get("free_energy")
+        if energy is None:
+            raise ValueError(
+                f"frame {k} of {source} has no energy (no calculator result and no "
+                f"info[{energy_key!r}]); training data needs reference energies "
+                "(pass energy_key / --energy-key if it is stored under another name)"
+            )
+        force = results.get("forces", a.arrays.get(forces_key))
+        energies.append(float(np.asarray(energy).reshape(-1)[0]))
+        forces.append(None if force is None else np.array(force, dtype=np.float64))
+        info = {key: value for key, value in a.info.items() if key != energy_key}
+        infos.append(info)
+        structures.append(Atoms(numbers=a.numbers, positions=a.positions, cell=a.cell, pbc=a.pbc))
+    have = [f is not None for f in forces]
+    if any(have) and not all(have):
+        missing = [k for k, h in enumerate(have) if not h]
+        raise ValueError(
+            f"{source}: {len(missing)} of {len(frames)} frames have no forces (first: frame "
+            f"{missing[0]}); use frames that all carry forces, or none (energy-only training)"
+        )
+    return _converted(structures, np.array(energies), forces if all(have) else None, infos,
+                      source, energy_unit, length_unit)
+
+
+def _converted(atoms, energy, forces, info, source, energy_unit, length_unit) -> Dataset:
+    e_factor, l_factor = energy_factor(energy_unit), length_factor(length_unit)
+    if l_factor != 1.0:
+        for a in atoms:
+            a.set_cell(a.cell.array * l_factor, scale_atoms=False)
+            a.positions = a.positions * l_factor
+    energy = np.asarray(energy, dtype=np.float64) * e_factor
+    if forces is not None:
+        forces = [np.asarray(f, dtype=np.float64) * (e_factor / l_factor) for f in forces]
+    return Dataset(atoms, energy, forces, info, source)
+
+
+def read_dataset(path: str | os.PathLike, index: str = ":", energy_unit: str = "eV",
+                 length_unit: str = "Å", energy_key: str = "energy",
+                 forces_key: str = "forces", format: str | None = None) -> Dataset:
+    """Read a data file into a :class:`Dataset` in eV and Å.
+
+    Args:
+        index: ASE-style frame selection (``":"``, ``"0:100"``, ``"::10"``).
+        energy_unit: unit of the energies (and of the energy in the force unit) in the file.
+        length_unit: unit of positions and cell in the file.
+        format: ASE format name, when the suffix does not tell it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in NPZ_SUFFIXES:
+        data = _read_npz(path, energy_unit, length_unit)
+    elif suffix in HDF5_SUFFIXES and format is None:
+        data = _read_hdf5(path, energy_unit, length_unit)
+    else:
+        try:
+            frames = _ase_read(path, format)
+        except Exception as error:  # ase raises many types for unreadable files
+            raise ValueError(
+                f"could not read {path} with ase.io.read: {error}; training data can be any "
+                "ASE-readable file with energies, an MD17/rMD17 .npz, or an mlff-md .h5"
+            ) from None
+        data = from_atoms(frames, energy_key, forces_key, str(path), energy_unit, length_unit)
+    if index != ":":
+        data = data.subset(_select(len(data), index))
+    return data
+
+
+def _ase_read(path: Path, format: str | None) -> list[Atoms]:
+    """``ase.io.read`` of every frame; compressed files are decompressed first.
+
+    ASE reads ``.gz`` directly but seeks through the compressed stream for
+    every frame, which takes minutes for a few thousand frames; a temporary
+    plain copy takes a fraction of a second.
+    """
+    import gzip
+    import bz2
+    import lzma
+    import shutil
+    import tempfile
+
+    from ase.io import read
+
+    openers = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+    opener = openers.get(path.suffix.lower())
+    if opener is None:
+        return read(path, index=":", format=format)
+    with tempfile.TemporaryDirectory(prefix="ase-mlff-") as folder:
+        plain = Path(folder) / path.stem  # keeps the inner suffix for format detection
+        with opener(path, "rb") as source, open(plain, "wb") as target:
+            shutil.copyfileobj(source, target)
+        return read(plain, index=":", format=format)
+
+
+def _select(n: int, index: str) -> list[int]:
+    parts = index.split(":")
+    try:
+        if len(parts) == 1:
+            return [range(n)[int(parts[0])]]
+        if len(parts) > 3:
+            raise ValueError
+        numbers = [int(p) if p else None for p in parts]
+    except (ValueError, IndexError):
+        raise ValueError(f"bad frame selection {index!r} for {n} frames; use e.g. ':', '0:100', '::10'") from None
+    return list(range(n))[slice(*numbers)]
+
+
+_NPZ_LAYOUTS = (
+    # (positions, energies, forces, numbers)
+    ("R", "E", "F", "z"),  # MD17 / sGDML
+    ("coords", "energies", "forces", "nuclear_charges"),  # rMD17
+)
+
+
+def _read_npz(path: Path, energy_unit: str, length_unit: str) -> Dataset:
+    with np.load(path, allow_pickle=False) as archive:
+        keys = set(archive.files)
+        for pos_key, e_key, f_key, z_key in _NPZ_LAYOUTS:
+            if {pos_key, e_key, z_key} <= keys:
+                positions = np.asarray(archive[pos_key], dtype=np.float64)
+                energy = np.asarray(archive[e_key], dtype=np.float64).reshape(-1)
+                numbers = np.asarray(archive[z_key]).astype(np.int64)
+                forces = np.asarray(archive[f_key], dtype=np.float64) if f_key in keys else None
+                break
+        else:
+            raise ValueError(
+                f"{path} has arrays {sorted(keys)}; expected the MD17 layout (R, E, F, z) or "
+                "the rMD17 layout (coords, energies, forces, nuclear_charges)"
+            )
+    if positions.ndim != 3 or positions.shape[0] != energy.shape[0]:
+        raise ValueError(
+            f"{path}: positions have shape {positions.shape} and energies {energy.shape}; "
+            "expected [n_frames, n_atoms, 3] and [n_frames]"
+        )
+    numbers = numbers.reshape(-1) if numbers.ndim == 1 else numbers
+    atoms = []
+    for k in range(len(energy)):
+        z = numbers if numbers.ndim == 1 else numbers[k]
+        keep = z > 0  # padded layouts mark missing atoms with Z = 0
+        atoms.append(Atoms(numbers=z[keep], positions=positions[k][keep]))
+    force_list = None
+    if forces is not None:
+        force_list = []
+        for k in range(len(energy)):
+            z = numbers if numbers.ndim == 1 else numbers[k]
+            force_list.append(forces[k][z > 0])
+    return _converted(atoms, energy, force_list, [{} for _ in atoms], str(path),
+                      energy_unit, length_unit)
+
+
+def _read_hdf5(path: Path, energy_unit: str, length_unit: str) -> Dataset:
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        datasets = {}
+        h5.visititems(lambda name, obj: datasets.setdefault(name.split("/")[-1], obj[()])
+                      if isinstance(obj, h5py.Dataset) else None)
+        required = ("positions", "potential_energy", "atomic_numbers")
+        missing = [name for name in required if name not in datasets]
+        if missing:
+            raise ValueError(
+                f"{path} has datasets {sorted(datasets)} but lacks {missing}; expected an "
+                "mlff-md trajectory (positions, potential_energy, forces, atomic_numbers, cell)"
+            )
+        positions = np.asarray(datasets["positions"], dtype=np.float64)  # [T, N, 3]
+        energy = np.asarray(datasets["potential_energy"], dtype=np.float64).reshape(-1)
+        numbers = np.asarray(datasets["atomic_numbers"]).astype(np.int64)
+        forces = datasets.get("forces")
+        cell = datasets.get("cell")
+        pbc = datasets.get("pbc")
+    n_frames = len(energy)
+    if positions.ndim != 3 or positions.shape[0] != n_frames:
+        raise ValueError(f"{path}: positions {positions.shape} do not match {n_frames} energies")
+    atoms = []
+    for k in range(n_frames):
+        z = numbers if numbers.ndim == 1 else numbers[k]
+        c = None if cell is None else (np.asarray(cell) if np.ndim(cell) == 2 else np.asarray(cell)[k])
+        p = (c is not None and bool(np.abs(c).sum() > 0)) if pbc is None else (
+            np.asarray(pbc).astype(bool) if np.ndim(pbc) == 1 else np.asarray(pbc)[k].astype(bool))
+        atoms.append(Atoms(numbers=z, positions=positions[k], cell=c, pbc=p))
+    force_list = None if forces is None else [np.asarray(forces[k], dtype=np.float64) for k in range(n_frames)]
+    return _converted(atoms, energy, force_list, [{} for _ in atoms], str(path), energy_unit, length_unit)
+
+
+def check_dataset(data: Dataset, species: Sequence[str] | None = None, name: str = "data") -> None:
+    """Refuse data a model cannot learn from: NaN/inf labels, duplicates, uncovered elements.
+
+    Args:
+        species: elements the model covers; frames with any other element are an error.
+        name: what to call the data in messages ("training set", ...).
+    """
+    if len(data) == 0:
+        raise ValueError(f"{name} ({data.source}) holds no frames")
+    bad = [k for k, e in enumerate(data.energy) if not np.isfinite(e)]
+    if data.forces is not None:
+        bad += [k for k, f in enumerate(data.forces) if not np.isfinite(f).all()]
+    bad += [k for k, a in enumerate(data.atoms) if not np.isfinite(a.positions).all()]
+    if bad:
+        bad = sorted(set(bad))
+        raise ValueError(
+            f"{name} ({data.source}): {len(bad)} frame(s) have NaN or infinite positions, "
+            f"energies or forces (frames {bad[:10]}{' ...' if len(bad) > 10 else ''}); "
+            "remove them from the data file"
+        )
+    if data.forces is not None:
+        shapes = [k for k, (a, f) in enumerate(zip(data.atoms, data.forces)) if f.shape != (len(a), 3)]
+        if shapes:
+            raise ValueError(f"{name} ({data.source}): forces of frame {shapes[0]} have shape "
+                             f"{data.forces[shapes[0]].shape}, expected ({len(data.atoms[shapes[0]])}, 3)")
+    seen: dict[bytes, int] = {}
+    duplicates = []
+    for k, a in enumerate(data.atoms):
+        # positions rounded to 1e-6 Å: identical geometries written by different tools collide
+        key = hashlib.sha1(np.ascontiguousarray(a.numbers, dtype=np.int64).tobytes()
+                           + np.round(a.positions, 6).tobytes()
+                           + np.round(a.cell.array, 6).tobytes()).digest()
+        if key in seen:
+            duplicates.append((seen[key], k))
+        else:
+            seen[key] = k
+    if duplicates:
+        pairs = ", ".join(f"{i}={j}" for i, j in duplicates[:5])
+        raise ValueError(
+            f"{name} ({data.source}): {len(duplicates)} frame(s) duplicate an earlier frame "
+            f"(pairs {pairs}{' ...' if len(duplicates) > 5 else ''}); duplicates leak between "
+            "train and test and weight some geometries twice: remove them"
+        )
+    if species is not None:
+        covered = set(species)
+        uncovered = sorted(set(data.species) - covered)
+        if uncovered:
+            frames = [k for k, a in enumerate(data.atoms)
+                      if set(a.get_chemical_symbols()) - covered]
+            raise ValueError(
+                f"{name} ({data.source}) contains element(s) {', '.join(uncovered)} in "
+                f"{len(frames)} frame(s) (first: frame {frames[0]}) that the model, covering "
+                f"{', '.join(species)}, cannot represent; train on data whose elements the "
+                "model covers or add them to --species"
+            )
+
+
+def warn_energy_only(data: Dataset) -> None:
+    if data.forces is None:
+        warnings.warn(
+            f"{data.source} has no forces: training on the energy loss alone; the model has "
+            "never seen forces, so its forces (and any MD with it) are untested",
+            UserWarning,
+            stacklevel=2,
+        )

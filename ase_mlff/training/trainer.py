@@ -1,0 +1,414 @@
+"""Fit a potential to reference energies and forces.
+
+Loss per batch, in units of scale² (scale = RMS force component of the
+training set, so both terms start near 1):
+
+    L = w_E · mean_b((E_b − E_b^ref) / n_b)² / scale²  +  w_F · mean_{i,α}(F_iα − F_iα^ref)² / scale²
+
+| step                               | code                                            |
+|------------------------------------|-------------------------------------------------|
+| E_ref[Z], scale, shift             | :func:`~ase_mlff.training.reference.fit_energy_reference` |
+| F = −∂E/∂r with the graph kept     | ``forces.compute(..., training=True)``          |
+| Adam / AdamW, gradient-norm clip   | ``torch.optim``, ``clip_grad_norm_``            |
+| EMA of weights θ̄ ← d·θ̄ + (1−d)·θ   | ``_ema_update`` (validation and the saved model use θ̄) |
+| LR × factor on a validation plateau | ``ReduceLROnPlateau``                          |
+| early stop, epoch and time budgets  | ``Trainer.fit``                                 |
+
+The best model on the validation loss is written (atomically) every time it
+improves, and a checkpoint after every epoch, so an interrupted run loses at
+most one epoch and ``resume=True`` continues it.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .._version import __version__
+from ..batch import resolve_device, resolve_dtype
+from ..forces import compute
+from ..io import save_model
+from ..models import Potential, get_architecture
+from .data import Dataset, check_dataset, warn_energy_only
+from .evaluate import error_metrics
+from .frames import FrameCache, predict
+from .reference import fit_energy_reference
+from .splits import Split
+
+OPTIMIZERS = ("adam", "adamw")
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of a training run (all JSON-compatible)."""
+
+    architecture: str = "painn"
+    species: list[str] | None = None  # None: the elements of the data
+    cutoff: float = 5.0  # Å
+    n_features: int = 64
+    n_interactions: int = 3
+    n_rbf: int = 20
+    energy_weight: float = 1.0
+    forces_weight: float = 10.0
+    optimizer: str = "adam"
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.0
+    batch_size: int = 10
+    max_epochs: int = 1000
+    max_time_min: float | None = None
+    patience: int = 60  # epochs without a better validation loss before stopping
+    lr_patience: int = 15  # epochs on a plateau before the learning rate drops
+    lr_factor: float = 0.5
+    min_learning_rate: float = 1e-6
+    ema_decay: float = 0.99
+    grad_clip: float = 10.0
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        get_architecture(self.architecture)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {OPTIMIZERS}")
+        for name in ("learning_rate", "batch_size", "max_epochs", "cutoff"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.energy_weight < 0 or self.forces_weight < 0 or self.energy_weight + self.forces_weight == 0:
+            raise ValueError(f"loss weights must be non-negative and not both zero, got energy "
+                             f"{self.energy_weight}, forces {self.forces_weight}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.max_time_min is not None and not self.max_time_min > 0:
+            raise ValueError(f"max_time_min must be positive, got {self.max_time_min}")
+
+    def model_hyperparameters(self) -> dict:
+        if self.architecture == "lennard_jones":
+            return {"cutoff": self.cutoff}
+        return dict(cutoff=self.cutoff, n_features=self.n_features,
+                    n_interactions=self.n_interactions, n_rbf=self.n_rbf)
+
+
+@dataclass
+class TrainResult:
+    model: Potential  # best model (EMA weights), on the CPU
+    epochs: int
+    best_epoch: int
+    wall_time_s: float
+    stopped_because: str
+    metrics: dict = field(default_factory=dict)  # {"validation": ..., "test": ...}
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for target, source in zip(ema.parameters(), model.parameters()):
+            target.lerp_(source, 1.0 - decay)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def hardware_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} torch thread(s)"
+
+
+class Trainer:
+    """One training run: data, split, model, optimizer state and the files it writes.
+
+    Args:
+        data: all frames of the data file (the split indexes into it).
+        split: which frames train, validate and test.
+        config: hyperparameters.
+        output: model file to write (best model on validation).
+        checkpoint: checkpoint file (resume state), default ``<output>.ckpt``.
+        log_csv: per-epoch CSV log, default ``<output stem>.log.csv``.
+        metadata: extra JSON-compatible metadata stored in the model file.
+        echo: where progress lines go (None: silent).
+    """
+
+    def __init__(self, data: Dataset, split: Split, config: TrainConfig, output: str | os.PathLike,
+                 checkpoint: str | os.PathLike | None = None, log_csv: str | os.PathLike | None = None,
+                 metadata: dict | None = None, echo: Callable[[str], None] | None = print,
+                 tensorboard_dir: str | None = None):
+        self.config = config
+        self.output = Path(output)
+        self.checkpoint = Path(checkpoint) if checkpoint else self.output.with_name(self.output.name + ".ckpt")
+        self.log_csv = Path(log_csv) if log_csv else self.output.with_name(self.output.stem + ".log.csv")
+        self.extra_metadata = dict(metadata or {})
+        self.echo = echo or (lambda line: None)
+        self.tensorboard_dir = tensorboard_dir
+        split.check_range(len(data), data.source)
+        self.split = split
+        self.data = data
+        self.train_data = data.subset(split.train)
+        self.val_data = data.subset(split.val) if split.val else None
+        self.test_data = data.subset(split.test) if split.test else None
+
+        species = config.species or self.train_data.species
+        check_dataset(self.train_data, species, "training set")
+        for name, subset in (("validation set", self.val_data), ("test set", self.test_data)):
+            if subset is not None:
+                check_dataset(subset, species, name)
+        if self.val_data is None:
+            raise ValueError("the split has no validation frames; the best model is chosen on "
+                             "validation, so give --n-val > 0 or a 'val' list in the split file")
+        warn_energy_only(data)
+        self.use_forces = data.has_forces and config.forces_weight > 0
+        if not data.has_forces and config.energy_weight == 0:
+            raise ValueError("the data has no forces and the energy weight is 0: nothing to learn")
+
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype)
+        torch.manual_seed(config.seed)
+        cls = get_architecture(config.architecture)
+        self.model = cls(species, **config.model_hyperparameters())
+        self.reference = fit_energy_reference(self.train_data, self.model.species)
+        self.model.set_energy_reference(self.reference.element_energy, self.reference.scale,
+                                        self.reference.shift)
+        self.model.to(device=self.device, dtype=self.dtype)
+        self.ema = copy.deepcopy(self.model)
+        self.train_cache = FrameCache(self.train_data, self.model.cutoff, self.dtype, self.device)
+        self.val_cache = FrameCache(self.val_data, self.model.cutoff, self.dtype, self.device)
+        parameters = list(self.model.parameters())
+        if config.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate,
+                                               weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(parameters, lr=config.learning_rate,
+                                              weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience,
+            min_lr=config.min_learning_rate)
+        self.epoch = 0
+        self.best_loss = math.inf
+        self.best_epoch = 0
+        self.elapsed_s = 0.0  # training time over all sessions (resumes add up)
+        self.data_hash = data.fingerprint()
+
+    # -- loss ----------------------------------------------------------------------
+    def _loss(self, energy, energy_ref, n_atoms, forces, forces_ref) -> torch.Tensor:
+        scale2 = float(self.reference.scale) ** 2
+        loss = energy.new_zeros(())
+        if self.config.energy_weight > 0:
+            per_atom = (energy - energy_ref) / n_atoms  # [B], eV/atom, float64
+            loss = loss + self.config.energy_weight * per_atom.square().mean() / scale2
+        if self.use_forces:
+            loss = loss + self.config.forces_weight * (forces - forces_ref).double().square().mean() / scale2
+        return loss
+
+    def _validate(self) -> tuple[float, dict]:
+        model = self.ema
+        energy, forces = predict(model, self.val_cache, batch_size=max(32, self.config.batch_size),
+                                 forces=self.use_forces)
+        metrics = error_metrics(self.val_data, energy, forces)
+        scale2 = float(self.reference.scale) ** 2
+        loss = self.config.energy_weight * (metrics["energy_rmse_meV_per_atom"] * 1e-3) ** 2 / scale2
+        if self.use_forces:
+            loss += self.config.forces_weight * (metrics["forces_rmse_meV_per_A"] * 1e-3) ** 2 / scale2
+        return loss, metrics
+
+    # -- one epoch -----------------------------------------------------------------
+    def _train_epoch(self) -> float:
+        model, config = self.model.train(), self.config
+        order = np.random.default_rng([config.seed, self.epoch]).permutation(self.train_cache.n_frames)
+        total, frames = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            chunk = order[start:start + config.batch_size].tolist()
+            batch, neighbors, energy_ref, forces_ref = self.train_cache.collate(chunk)
+            out = compute(model, batch, neighbors, forces=self.use_forces, training=True)
+            loss = self._loss(out.energy, energy_ref, batch.n_atoms, out.forces, forces_ref)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            self.optimizer.step()
+            _ema_update(self.ema, model, config.ema_decay)
+            total += float(loss.detach()) * len(chunk)
+            frames += len(chunk)
+        return total / frames
+
+    # -- files ---------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "epoch": self.epoch, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
+            "elapsed_s": self.elapsed_s, "data_hash": self.data_hash,
+            "config": asdict(self.config), "split": self.split.to_dict(),
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        }
+
+    def save_checkpoint(self) -> None:
+        _atomic_torch_save(self._state(), self.checkpoint)
+
+    def load_checkpoint(self) -> None:
+        """Continue from ``self.checkpoint`` (same data, split and hyperparameters)."""
+        if not self.checkpoint.exists():
+            raise FileNotFoundError(f"no checkpoint {self.checkpoint} to resume from; "
+                                    "start without --resume")
+        state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+        if state["data_hash"] != self.data_hash:
+            raise ValueError(f"checkpoint {self.checkpoint} was trained on other data "
+                             f"(hash {state['data_hash'][:12]}, this data {self.data_hash[:12]})")
+        if state["split"]["train"] != self.split.train or state["split"]["val"] != self.split.val:
+            raise ValueError(f"checkpoint {self.checkpoint} used another train/validation split")
+        fixed = {k: v for k, v in state["config"].items()
+                 if k not in ("max_epochs", "max_time_min", "patience", "device")}
+        mine = {k: v for k, v in asdict(self.config).items() if k in fixed}
+        if fixed != mine:
+            changed = sorted(k for k in fixed if fixed[k] != mine[k])
+            raise ValueError(f"checkpoint {self.checkpoint} was trained with other settings "
+                             f"({', '.join(f'{k}={fixed[k]!r}' for k in changed)}); resume with the same ones")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.best_loss = state["epoch"], state["best_loss"]
+        self.best_epoch, self.elapsed_s = state["best_epoch"], state["elapsed_s"]
+
+    def _metadata(self, metrics: dict, stopped_because: str) -> dict:
+        config = asdict(self.config)
+        metadata = {
+            **self.extra_metadata,
+            "training": {
+                "data": str(self.data.source),
+                "data_sha256": self.data_hash,
+                "n_frames": len(self.data),
+                "split": {"n_train": len(self.split.train), "n_val": len(self.split.val),
+                          "n_test": len(self.split.test), "method": self.split.method,
+                          "train": self.split.train, "val": self.split.val, "test": self.split.test},
+                "config": config,
+                "energy_reference": asdict(self.reference),
+                "epochs": self.epoch,
+                "best_epoch": self.best_epoch,
+                "wall_time_s": round(self.elapsed_s, 1),
+                "stopped_because": stopped_because,
+                "hardware": hardware_description(self.device),
+                "torch_version": str(torch.__version__),
+                "ase_mlff_version": __version__,
+                "forces_trained": self.use_forces,
+            },
+            "metrics": metrics,
+        }
+        # a JSON round trip leaves plain Python types only (model files load with weights_only)
+        return json.loads(json.dumps(metadata))
+
+    def _save_best(self, metrics: dict, stopped_because: str = "running") -> None:
+        model = copy.deepcopy(self.ema).to("cpu")
+        save_model(model, self.output, self._metadata(metrics, stopped_because))
+
+    # -- the loop ------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        config = self.config
+        new_log = self.epoch == 0 or not self.log_csv.exists()
+        log = open(self.log_csv, "w" if new_log else "a", newline="")
+        writer = csv.writer(log)
+        if new_log:
+            writer.writerow(["epoch", "time_s", "learning_rate", "train_loss", "val_loss",
+                             "val_energy_mae_meV_per_atom", "val_forces_mae_meV_per_A", "best"])
+        tensorboard = None
+        if self.tensorboard_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ImportError("TensorBoard logging needs tensorboard: pip install tensorboard") from None
+            tensorboard = SummaryWriter(self.tensorboard_dir)
+        budget_s = None if config.max_time_min is None else 60.0 * config.max_time_min
+        session_start, epoch_s = time.perf_counter(), 0.0
+        before = self.elapsed_s
+        self.echo(f"training {config.architecture} on {len(self.split.train)} frames "
+                  f"(validation {len(self.split.val)}, test {len(self.split.test)}), "
+                  f"{sum(p.numel() for p in self.model.parameters())} parameters, device {self.device}")
+        stopped, best_metrics = "max_epochs", None
+        try:
+            while self.epoch < config.max_epochs:
+                if budget_s is not None and self.elapsed_s + epoch_s > budget_s:
+                    stopped = "max_time"
+                    break
+                tick = time.perf_counter()
+                train_loss = self._train_epoch()
+                val_loss, metrics = self._validate()
+                self.epoch += 1
+                self.scheduler.step(val_loss)
+                improved = val_loss < self.best_loss
+                if improved:
+                    self.best_loss, self.best_epoch, best_metrics = val_loss, self.epoch, metrics
+                epoch_s = time.perf_counter() - tick
+                self.elapsed_s = before + time.perf_counter() - session_start
+                if improved:
+                    self._save_best({"validation": metrics})
+                self.save_checkpoint()
+                lr = self.optimizer.param_groups[0]["lr"]
+                forces_mae = metrics.get("forces_mae_meV_per_A", float("nan"))
+                writer.writerow([self.epoch, f"{self.elapsed_s:.1f}", f"{lr:.3e}", f"{train_loss:.6g}",
+                                 f"{val_loss:.6g}", f"{metrics['energy_mae_meV_per_atom']:.4f}",
+                                 f"{forces_mae:.3f}", int(improved)])
+                log.flush()
+                if tensorboard is not None:
+                    for key, value in (("loss/train", train_loss), ("loss/val", val_loss),
+                                       ("val/energy_mae_meV_per_atom", metrics["energy_mae_meV_per_atom"]),
+                                       ("val/forces_mae_meV_per_A", forces_mae), ("lr", lr)):
+                        tensorboard.add_scalar(key, value, self.epoch)
+                self.echo(f"epoch {self.epoch:5d}  {self.elapsed_s / 60:6.1f} min  lr {lr:.2e}  "
+                          f"train {train_loss:.4g}  val {val_loss:.4g}  "
+                          f"E {metrics['energy_mae_meV_per_atom']:.3f} meV/atom  "
+                          f"F {forces_mae:.2f} meV/Å{'  *' if improved else ''}")
+                if self.epoch - self.best_epoch >= config.patience:
+                    stopped = "early_stopping"
+                    break
+                if lr <= config.min_learning_rate * (1 + 1e-9) and self.epoch - self.best_epoch >= config.lr_patience:
+                    stopped = "min_learning_rate"
+                    break
+        finally:
+            log.close()
+            if tensorboard is not None:
+                tensorboard.close()
+        return self._finish(stopped)
+
+    def _finish(self, stopped: str) -> TrainResult:
+        from ..io import load_model
+
+        if not self.output.exists():
+            raise RuntimeError(f"no epoch finished, so no model was written to {self.output}")
+        best = load_model(self.output)
+        best_device = copy.deepcopy(best).to(device=self.device, dtype=self.dtype)
+        metrics = {}
+        for name, subset in (("validation", self.val_data), ("test", self.test_data)):
+            if subset is None:
+                continue
+            cache = FrameCache(subset, best.cutoff, self.dtype, self.device)
+            energy, forces = predict(best_device, cache, forces=subset.has_forces)
+            metrics[name] = error_metrics(subset, energy, forces)
+        save_model(best, self.output, self._metadata(metrics, stopped))
+        self.echo(f"stopped after {self.epoch} epochs ({stopped}); best epoch {self.best_epoch}; "
+                  f"model written to {self.output}")
+        return TrainResult(load_model(self.output), self.epoch, self.best_epoch, self.elapsed_s,
+                           stopped, metrics)
