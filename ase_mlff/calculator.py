@@ -20,7 +20,7 @@ from .batch import Batch, atoms_to_batch, dtype_name, resolve_device, resolve_dt
 from .forces import compute
 from .io import load_model
 from .models import Potential
-from .neighbors import NeighborList
+from .neighbors import NeighborList, Neighbors, edge_vectors
 from .threads import set_threads
 
 
@@ -34,13 +34,16 @@ class MLFFCalculator(Calculator):
         dtype: "float32" or "float64" for the network; energies are summed in float64.
         neighbor_backend: "auto", "torch-cluster" or "torch" (see :mod:`ase_mlff.neighbors`).
         num_threads: torch CPU threads (see :mod:`ase_mlff.threads`).
+        skin: Å. Between calls the neighbor list is reused while no atom has
+            moved more than skin/2 (exact: see ``_SkinNeighborList``); 0
+            rebuilds it on every call.
     """
 
     implemented_properties = ("energy", "free_energy", "forces", "stress", "energies")
 
     def __init__(self, model: str | os.PathLike | Potential, device: str = "auto",
                  dtype: str = "float32", neighbor_backend: str = "auto",
-                 num_threads: int | None = None, **kwargs):
+                 num_threads: int | None = None, skin: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         if isinstance(model, Potential):
             name = f"<{model.architecture} in memory>"
@@ -59,16 +62,48 @@ class MLFFCalculator(Calculator):
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)  # forces need dE/dr, never dE/dweights
+        if not skin >= 0:
+            raise ValueError(f"skin must be >= 0 Å, got {skin}")
         self.neighbor_list = NeighborList(self.model.cutoff, neighbor_backend)
+        self._skin_list = _SkinNeighborList(self.neighbor_list, skin)
         # JSON-serialisable, so the calculator can be written into .traj files
         self.parameters.update(model=name, device=str(self.device), dtype=dtype_name(self.dtype),
-                               neighbor_backend=neighbor_backend)
+                               neighbor_backend=neighbor_backend, skin=float(skin))
         self._batch: Batch | None = None
 
     # -- ASE contract ------------------------------------------------------------
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+        """What changed since the last calculation, among what the model depends on.
+
+        Exact comparisons of positions, numbers, cell and pbc: ASE's
+        ``compare_atoms`` also checks magnetic moments and charges, which no
+        model here reads, and its tolerant ``isclose`` calls were a tenth of
+        the cost of an MD step on a small molecule. Exact equality can only
+        cause a recomputation, never a stale result.
+        """
+        old = self.atoms
+        if old is None or len(old) != len(atoms):
+            return list(all_changes)
+        changes = []
+        if not np.array_equal(old.arrays["positions"], atoms.arrays["positions"]):
+            changes.append("positions")
+        if not np.array_equal(old.arrays["numbers"], atoms.arrays["numbers"]):
+            changes.append("numbers")
+        if not np.array_equal(old.cell.array, atoms.cell.array):
+            changes.append("cell")
+        if not np.array_equal(old.pbc, atoms.pbc):
+            changes.append("pbc")
+        return changes
+
     def calculate(self, atoms: Atoms | None = None, properties=("energy",),
                   system_changes=tuple(all_changes)) -> None:
-        super().calculate(atoms, properties, system_changes)
+        # No call to Calculator.calculate: it would copy the whole Atoms and
+        # stat a working directory that this in-process calculator never uses.
+        if atoms is not None:
+            if self.atoms is not None and list(system_changes) == ["positions"]:
+                self.atoms.arrays["positions"][:] = atoms.arrays["positions"]
+            else:
+                self.atoms = atoms.copy()
         try:
             self._calculate(self.atoms, properties, system_changes)
         except Exception:
@@ -83,7 +118,8 @@ class MLFFCalculator(Calculator):
                 f"{atoms.pbc.tolist()}; set atoms.pbc = True with a 3-D cell, or do not ask for stress"
             )
         batch = self._batch_for(atoms, system_changes)
-        output = self._evaluate(batch, stress=want_stress)
+        neighbors = self._skin_list(batch, batch.numbers, atoms.arrays["positions"])
+        output = compute(self.model, batch, neighbors, forces=True, stress=want_stress)
         energy = float(output.energy[0].detach())
         results = {
             "energy": energy,
@@ -115,7 +151,7 @@ class MLFFCalculator(Calculator):
                     "all directions: drop 'stress' from properties or give them cells"
                 )
         batch = self._make_batch(structures)
-        output = self._evaluate(batch, stress=want_stress)
+        output = compute(self.model, batch, self.neighbor_list(batch), forces=True, stress=want_stress)
         energy = output.energy.detach().cpu().numpy()
         energies = output.energies.detach().cpu().numpy()
         forces = output.forces.detach().cpu().numpy().astype(np.float64)
@@ -145,6 +181,49 @@ class MLFFCalculator(Calculator):
             self._batch = self._make_batch(atoms)
         return self._batch
 
-    def _evaluate(self, batch: Batch, stress: bool):
-        neighbors = self.neighbor_list(batch)
-        return compute(self.model, batch, neighbors, forces=True, stress=stress)
+
+class _SkinNeighborList:
+    """Verlet-list reuse of the neighbor list between MD steps, exact by construction.
+
+    The list is built with radius cutoff + skin. While no atom has moved more
+    than skin/2 since then, no pair outside cutoff + skin can have come within
+    the cutoff, so the stored pairs still contain every true neighbor; the
+    ones now beyond the cutoff are dropped before the model sees them. When
+    no stored pair lay within skin of the cutoff at build time (a small
+    molecule well inside the cutoff), no pair can cross it before the next
+    rebuild and even that filter is skipped. The model therefore always sees
+    exactly the pairs a fresh neighbor list would give.
+    """
+
+    def __init__(self, neighbor_list: NeighborList, skin: float):
+        self.cutoff = neighbor_list.cutoff
+        self.skin = float(skin)
+        self.wide = NeighborList(self.cutoff + self.skin, neighbor_list.backend)
+        self._key = None
+        self._reference: np.ndarray | None = None
+        self._neighbors: Neighbors | None = None
+        self._needs_filter = True
+
+    def __call__(self, batch: Batch, key, positions: np.ndarray) -> Neighbors:
+        if (key is not self._key or self._reference is None
+                or self._reference.shape != positions.shape
+                or np.max(np.sum((positions - self._reference) ** 2, axis=1)) > (0.5 * self.skin) ** 2):
+            self._build(batch, key, positions)
+        if not self._needs_filter:
+            return self._neighbors
+        vectors = edge_vectors(batch.positions, batch.cell, batch.system, self._neighbors)
+        inside = vectors.square().sum(1) < self.cutoff**2
+        n = self._neighbors
+        return Neighbors(n.edge_index[:, inside], n.shifts[inside], n.periodic)
+
+    def _build(self, batch: Batch, key, positions: np.ndarray) -> None:
+        neighbors = self.wide(batch)
+        distances = torch.linalg.vector_norm(
+            edge_vectors(batch.positions, batch.cell, batch.system, neighbors), dim=1)
+        near_cutoff = (distances > self.cutoff - self.skin) & (distances < self.cutoff + self.skin)
+        self._needs_filter = bool(near_cutoff.any())
+        if not self._needs_filter:
+            inside = distances < self.cutoff
+            neighbors = Neighbors(neighbors.edge_index[:, inside], neighbors.shifts[inside],
+                                  neighbors.periodic)
+        self._neighbors, self._key, self._reference = neighbors, key, positions.copy()

@@ -64,7 +64,7 @@ class PaiNN(Potential):
     def atomic_outputs(self, species, edge_index, edge_vectors):
         i, j = edge_index
         F = self.n_features
-        distances = edge_vectors.norm(dim=1, keepdim=True)  # [E, 1], Å
+        distances = torch.linalg.vector_norm(edge_vectors, dim=1, keepdim=True)  # [E, 1], Å
         directions = (edge_vectors / distances).unsqueeze(2)  # [E, 3, 1]
         envelope = cosine_cutoff(distances, self.cutoff)  # [E, 1]
         filters = torch.chunk(self.filters(self.rbf(distances.squeeze(1))) * envelope,

@@ -59,9 +59,9 @@ class SchNet(Potential):
 
     def atomic_outputs(self, species, edge_index, edge_vectors):
         i, j = edge_index
-        distances = edge_vectors.norm(dim=1)  # [E], Å
+        distances = torch.linalg.vector_norm(edge_vectors, dim=1)  # [E], Å
         envelope = cosine_cutoff(distances, self.cutoff).unsqueeze(1)  # [E, 1]
-        rbf = self.rbf(distances).to(edge_vectors.dtype)  # [E, n_rbf]
+        rbf = self.rbf(distances)  # [E, n_rbf]
         hidden = torch.chunk(self.filter_in(rbf), self.n_interactions, dim=1)
         x = self.embedding(species)  # [N, F]
         for block, hidden_t, out_t in zip(self.blocks, hidden, self.filter_out):
