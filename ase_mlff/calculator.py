@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Sequence
 
@@ -47,6 +48,10 @@ class MLFFCalculator(Calculator):
         super().__init__(**kwargs)
         if isinstance(model, Potential):
             name = f"<{model.architecture} in memory>"
+            # a private copy: moving it to this calculator's dtype/device and
+            # freezing its weights must not change the caller's model (or a
+            # second calculator built from it, e.g. one float32 and one float64)
+            model = copy.deepcopy(model)
         elif isinstance(model, (str, os.PathLike)):
             name = str(model)
             model = load_model(model)
@@ -128,7 +133,7 @@ class MLFFCalculator(Calculator):
             "forces": output.forces.detach().cpu().numpy().astype(np.float64),
         }
         if want_stress:
-            results["stress"] = full_3x3_to_voigt_6_stress(output.stress[0].detach().cpu().numpy())
+            results["stress"] = full_3x3_to_voigt_6_stress(output.stress[0].detach().cpu().numpy()).astype(np.float64)
         self.results = results  # replaced whole, never merged with stale values
 
     def calculate_batch(self, structures: Sequence[Atoms],
@@ -162,7 +167,7 @@ class MLFFCalculator(Calculator):
             r = {"energy": float(energy[b]), "free_energy": float(energy[b]),
                  "energies": energies[lo:hi], "forces": forces[lo:hi]}
             if want_stress:
-                r["stress"] = full_3x3_to_voigt_6_stress(output.stress[b].detach().cpu().numpy())
+                r["stress"] = full_3x3_to_voigt_6_stress(output.stress[b].detach().cpu().numpy()).astype(np.float64)
             results.append(r)
         return results
 
