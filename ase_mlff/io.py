@@ -82,6 +82,11 @@ def save_model(model: Potential, path: str | os.PathLike, metadata: dict | None 
     os.close(handle)
     try:
         torch.save(record, tmp)
+        # mkstemp makes the file private (0600); a model file is an ordinary
+        # document, readable as the user's umask allows
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
