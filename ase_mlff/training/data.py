@@ -262,25 +262,39 @@ def _read_npz(path: Path, energy_unit: str, length_unit: str) -> Dataset:
 
 
 def _read_hdf5(path: Path, energy_unit: str, length_unit: str) -> Dataset:
+    """An ``mlff-md run`` file: per-frame datasets under ``/frames`` (or the root),
+    per-system ``numbers``/``atomic_numbers``, ``cell`` and ``pbc`` at the root
+    (per-frame versions are accepted too). See ``ase_mlff/md/h5.py``."""
     import h5py
 
-    with h5py.File(path, "r") as h5:
-        datasets = {}
-        h5.visititems(lambda name, obj: datasets.setdefault(name.split("/")[-1], obj[()])
-                      if isinstance(obj, h5py.Dataset) else None)
-        required = ("positions", "potential_energy", "atomic_numbers")
-        missing = [name for name in required if name not in datasets]
-        if missing:
+    def first(*candidates):
+        for group, name in candidates:
+            if name in group and isinstance(group[name], h5py.Dataset):
+                return group[name][()]
+        return None
+
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"{path} is not a readable HDF5 file: {error}") from None
+    with h5:
+        frames = h5["frames"] if isinstance(h5.get("frames"), h5py.Group) else h5
+        positions = first((frames, "positions"))
+        energy = first((frames, "potential_energy"), (frames, "energy"))
+        numbers = first((h5, "numbers"), (h5, "atomic_numbers"), (frames, "numbers"),
+                        (frames, "atomic_numbers"))
+        forces = first((frames, "forces"))
+        cell = first((h5, "cell"), (frames, "cell"))
+        pbc = first((h5, "pbc"), (frames, "pbc"))
+        if positions is None or energy is None or numbers is None:
             raise ValueError(
-                f"{path} has datasets {sorted(datasets)} but lacks {missing}; expected an "
-                "mlff-md trajectory (positions, potential_energy, forces, atomic_numbers, cell)"
+                f"{path} lacks positions, potential_energy or atomic numbers; expected an "
+                "mlff-md trajectory (frames/positions, frames/potential_energy, frames/forces, "
+                "numbers, cell, pbc)"
             )
-        positions = np.asarray(datasets["positions"], dtype=np.float64)  # [T, N, 3]
-        energy = np.asarray(datasets["potential_energy"], dtype=np.float64).reshape(-1)
-        numbers = np.asarray(datasets["atomic_numbers"]).astype(np.int64)
-        forces = datasets.get("forces")
-        cell = datasets.get("cell")
-        pbc = datasets.get("pbc")
+    positions = np.asarray(positions, dtype=np.float64)  # [T, N, 3]
+    energy = np.asarray(energy, dtype=np.float64).reshape(-1)
+    numbers = np.asarray(numbers).astype(np.int64)
     n_frames = len(energy)
     if positions.ndim != 3 or positions.shape[0] != n_frames:
         raise ValueError(f"{path}: positions {positions.shape} do not match {n_frames} energies")

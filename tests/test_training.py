@@ -1,0 +1,302 @@
+"""Training: data readers, splits, reference energies, the trainer, resume, errors.
+
+Everything is tiny and seeded: models with a handful of features, a few dozen
+frames, a few epochs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import read, write
+from click.testing import CliRunner
+
+from ase_mlff.batch import atoms_to_batch
+from ase_mlff.cli import main
+from ase_mlff.forces import compute
+from ase_mlff.io import load_model, read_model_record
+from ase_mlff.models import LennardJones
+from ase_mlff.neighbors import NeighborList
+from ase_mlff.training.data import Dataset, check_dataset, from_atoms, read_dataset
+from ase_mlff.training.frames import FrameCache
+from ase_mlff.training.reference import fit_energy_reference
+from ase_mlff.training.splits import Split, load_split, random_split, save_split, tagged_split
+from ase_mlff.training.trainer import TrainConfig, Trainer
+from ase_mlff.units import ENERGY_UNITS
+
+DATA = Path(__file__).parent / "data"
+ETHANOL = DATA / "ethanol_rmd17_50frames.extxyz.gz"
+WATER = DATA / "water_deepmd_2frames.extxyz.gz"
+KCAL = ENERGY_UNITS["kcal/mol"]
+
+TINY = dict(n_features=8, n_interactions=1, n_rbf=6, batch_size=5, ema_decay=0.5)
+
+
+def lj_dataset(n_frames: int = 24, seed: int = 0) -> Dataset:
+    """Argon trimers and tetramers labelled by the analytic Lennard-Jones oracle."""
+    rng = np.random.default_rng(seed)
+    oracle = LennardJones(["Ar"], epsilon=0.0104, sigma=3.4, cutoff=6.0).double()
+    frames = []
+    for k in range(n_frames):
+        n = 3 + k % 2
+        while True:
+            positions = rng.uniform(0.0, 4.5, size=(n, 3))
+            d = np.linalg.norm(positions[:, None] - positions[None], axis=-1)[np.triu_indices(n, 1)]
+            if d.min() > 3.3:  # stay out of the steep repulsive wall
+                break
+        atoms = Atoms("Ar" * n, positions=positions)
+        batch = atoms_to_batch(atoms, torch.float64)
+        out = compute(oracle, batch, NeighborList(oracle.cutoff)(batch))
+        atoms.calc = SinglePointCalculator(atoms, energy=float(out.energy[0].detach()),
+                                           forces=out.forces.detach().numpy())
+        frames.append(atoms)
+    return from_atoms(frames, source="lj")
+
+
+def config(**changes) -> TrainConfig:
+    values = dict(architecture="schnet", cutoff=6.0, device="cpu", max_epochs=3, **TINY)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+# -- readers -------------------------------------------------------------------------
+
+def test_extxyz_reader_keeps_labels_and_tags():
+    data = read_dataset(ETHANOL)
+    frames = read(ETHANOL, index=":")
+    assert len(data) == 50 and data.species == ["H", "C", "O"]
+    assert data.energy[3] == frames[3].get_potential_energy()
+    np.testing.assert_array_equal(data.forces[7], frames[7].get_forces())
+    assert "train01" in data.info[0]["rmd17_splits"]
+
+
+@pytest.mark.parametrize("layout", [("R", "E", "F", "z"), ("coords", "energies", "forces", "nuclear_charges")])
+def test_npz_layouts_in_kcal_per_mol(tmp_path, layout):
+    reference = read_dataset(ETHANOL, index=":5")
+    positions = np.stack([a.positions for a in reference.atoms])
+    path = tmp_path / "md17.npz"
+    np.savez(path, **{layout[0]: positions, layout[1]: reference.energy / KCAL,
+                      layout[2]: np.stack(reference.forces) / KCAL,
+                      layout[3]: reference.atoms[0].numbers})
+    data = read_dataset(path, energy_unit="kcal/mol")
+    # kcal/mol -> eV is a multiplication by ase.units.kcal/ase.units.mol, for energies and forces
+    np.testing.assert_allclose(data.energy, reference.energy, rtol=1e-14)
+    np.testing.assert_allclose(data.forces[4], reference.forces[4], rtol=1e-14)
+    np.testing.assert_array_equal(data.atoms[2].positions, positions[2])
+
+
+def test_hartree_and_bohr_conversion(tmp_path):
+    reference = read_dataset(ETHANOL, index=":2")
+    from ase.units import Bohr, Hartree
+
+    path = tmp_path / "au.npz"
+    np.savez(path, R=np.stack([a.positions for a in reference.atoms]) / Bohr, E=reference.energy / Hartree,
+             F=np.stack(reference.forces) / (Hartree / Bohr), z=reference.atoms[0].numbers)
+    data = read_dataset(path, energy_unit="Hartree", length_unit="Bohr")
+    np.testing.assert_allclose(data.atoms[1].positions, reference.atoms[1].positions, rtol=1e-12)
+    np.testing.assert_allclose(data.forces[1], reference.forces[1], rtol=1e-12)
+
+
+def test_hdf5_written_by_the_md_driver(tmp_path):
+    from ase_mlff.md.h5 import H5Writer
+
+    frames = read(WATER, index=":")
+    path = tmp_path / "run.h5"
+    writer = H5Writer(path, frames[0], {"model": "test"})
+    for step, atoms in enumerate(frames):
+        writer.append(step, 0.0005 * step, atoms.positions, np.zeros((len(atoms), 3)), atoms.get_forces(),
+                      atoms.get_potential_energy(), 0.0, 0.0)
+    writer.close()
+    data = read_dataset(path)
+    assert len(data) == 2 and data.atoms[0].pbc.all()
+    np.testing.assert_allclose(data.atoms[1].positions, frames[1].positions)
+    np.testing.assert_allclose(data.atoms[1].cell.array, frames[0].cell.array)
+    np.testing.assert_allclose(data.forces[1], frames[1].get_forces())
+    assert data.energy[1] == pytest.approx(frames[1].get_potential_energy(), abs=0)
+
+
+def test_missing_file_and_unknown_unit(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.xyz"):
+        read_dataset(tmp_path / "nothere.xyz")
+    with pytest.raises(ValueError, match="unknown energy unit 'kcal'"):
+        read_dataset(ETHANOL, energy_unit="kcal")
+
+
+# -- checks ------------------------------------------------------------------------
+
+def test_nan_duplicates_and_uncovered_elements_are_errors():
+    data = read_dataset(ETHANOL, index=":6")
+    broken = Dataset(data.atoms, data.energy.copy(), data.forces, data.info, "broken")
+    broken.energy[2] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinite .*frames \[2\]"):
+        check_dataset(broken)
+    doubled = data.subset([0, 1, 2, 1])
+    with pytest.raises(ValueError, match="duplicate an earlier frame.*1=3"):
+        check_dataset(doubled)
+    with pytest.raises(ValueError, match="element.s. C .*covering H, O"):
+        check_dataset(data, species=["H", "O"])
+    check_dataset(data, species=["H", "C", "O"])  # the clean data passes
+
+
+def test_trainer_refuses_test_elements_the_model_lacks():
+    water = molecule("H2O")
+    water.calc = SinglePointCalculator(water, energy=-14.0, forces=np.zeros((3, 3)))
+    hydrogen = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])
+    hydrogen.calc = SinglePointCalculator(hydrogen, energy=-6.7, forces=np.zeros((2, 3)))
+    shifted = hydrogen.copy()
+    shifted.positions[1, 2] = 0.8
+    shifted.calc = SinglePointCalculator(shifted, energy=-6.6, forces=np.zeros((2, 3)))
+    data = from_atoms([hydrogen, shifted, water])
+    split = Split(train=[0], val=[1], test=[2])
+    with pytest.raises(ValueError, match="test set .* element.s. O"):
+        Trainer(data, split, config(), "unused.pt", echo=None)
+
+
+# -- splits ------------------------------------------------------------------------
+
+def test_random_split_reproducible_disjoint_and_saved(tmp_path):
+    a, b = random_split(100, n_val=0.1, n_test=15, seed=3), random_split(100, n_val=0.1, n_test=15, seed=3)
+    assert a == b and a != random_split(100, n_val=0.1, n_test=15, seed=4)
+    assert (len(a.train), len(a.val), len(a.test)) == (75, 10, 15)
+    assert sorted(a.train + a.val + a.test) == list(range(100))
+    path = save_split(a, tmp_path / "m.split.json", {"data": "x"})
+    assert load_split(path) == a and json.loads(path.read_text())["data"] == "x"
+    with pytest.raises(ValueError, match="cannot give"):
+        random_split(10, n_val=5, n_test=5)
+
+
+def test_tagged_split_follows_the_rmd17_tags():
+    data = read_dataset(ETHANOL)
+    tags = [info["rmd17_splits"] for info in data.info]
+    split = tagged_split(tags, "train01", "test01", n_val=10, val_block=5, seed=0)
+    assert split.train == [k for k, t in enumerate(tags) if "train01" in t.split(",")]
+    assert split.test == [k for k, t in enumerate(tags) if "test01" in t.split(",")]
+    assert len(split.train) == 30 and len(split.test) == 5 and len(split.val) == 10
+    assert not {"train01", "test01"} & set(",".join(tags[k] for k in split.val).split(","))
+    assert split == tagged_split(tags, "train01", "test01", n_val=10, val_block=5, seed=0)
+
+
+# -- reference energies --------------------------------------------------------------
+
+def test_reference_fit_recovers_per_element_energies():
+    rng = np.random.default_rng(1)
+    truth = {"H": -13.6, "C": -1029.5, "O": -2040.8}
+    frames, energies = [], []
+    for _ in range(30):
+        counts = {s: int(rng.integers(1, 5)) for s in truth}
+        symbols = "".join(s * n for s, n in counts.items())
+        atoms = Atoms(symbols, positions=rng.normal(size=(len(symbols), 3)) * 3)
+        energy = sum(truth[s] * n for s, n in counts.items()) + rng.normal(0, 1e-3)
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=np.zeros((len(atoms), 3)))
+        frames.append(atoms)
+    reference = fit_energy_reference(from_atoms(frames), ["H", "C", "O"])
+    for element, value in truth.items():
+        # 1 meV noise over 30 frames with ~10 atoms: the fit is good to a fraction of a meV
+        assert reference.element_energy[element] == pytest.approx(value, abs=2e-3)
+    assert abs(reference.shift) < 1e-3
+
+
+# -- frames --------------------------------------------------------------------------
+
+def test_cached_batches_match_fresh_neighbor_lists():
+    data = read_dataset(WATER)  # periodic, positions not wrapped
+    cache = FrameCache(data, 3.5, torch.float64)
+    model = LennardJones(["H", "O"], epsilon=0.01, sigma=2.0, cutoff=3.5).double()
+    batch, neighbors, energy, forces = cache.collate([1, 0])
+    cached = compute(model, batch, neighbors)
+    fresh_batch = atoms_to_batch([data.atoms[1], data.atoms[0]], torch.float64)
+    fresh = compute(model, fresh_batch, NeighborList(3.5)(fresh_batch))
+    torch.testing.assert_close(cached.energy, fresh.energy, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(cached.forces, fresh.forces, rtol=1e-10, atol=1e-10)
+    assert energy.tolist() == [data.energy[1], data.energy[0]]
+
+
+# -- training ------------------------------------------------------------------------
+
+def test_tiny_model_learns_lennard_jones(tmp_path):
+    data = lj_dataset()
+    split = random_split(len(data), n_val=6, n_test=0, seed=0)
+    trainer = Trainer(data, split, config(max_epochs=25, learning_rate=5e-3, ema_decay=0.0),
+                      tmp_path / "lj.pt", echo=None)
+    first, _ = trainer._validate()
+    result = trainer.fit()
+    log = np.genfromtxt(tmp_path / "lj.log.csv", delimiter=",", names=True)
+    assert len(log) == result.epochs
+    # the fit must improve the validation loss several-fold over the initial (reference-only) model
+    assert log["val_loss"].min() < first / 3
+    model = load_model(tmp_path / "lj.pt")
+    assert model.metadata["training"]["best_epoch"] == int(log["epoch"][np.argmin(log["val_loss"])])
+
+
+def test_energy_only_data_warns_and_trains(tmp_path):
+    data = lj_dataset(12)
+    energy_only = Dataset(data.atoms, data.energy, None, data.info, "energies")
+    split = random_split(len(data), n_val=3, n_test=0, seed=0)
+    with pytest.warns(UserWarning, match="never seen forces"):
+        trainer = Trainer(energy_only, split, config(max_epochs=2), tmp_path / "e.pt", echo=None)
+    trainer.fit()
+    record = read_model_record(tmp_path / "e.pt")
+    assert record["metadata"]["training"]["forces_trained"] is False
+    assert "forces_mae_meV_per_A" not in record["metadata"]["metrics"]["validation"]
+
+
+def _train_args(out, *extra):
+    return ["train", str(ETHANOL), "--arch", "schnet", "-o", str(out), "--features", "8",
+            "--interactions", "1", "--rbf", "6", "--batch-size", "10", "--n-val", "5", "--n-test", "5",
+            "--seed", "1", "--device", "cpu", "--threads", "1", "--ema-decay", "0.5", "-q", *extra]
+
+
+def test_cli_train_saves_split_refuses_overwrite_and_resumes(tmp_path):
+    runner = CliRunner()
+    straight = tmp_path / "straight.pt"
+    result = runner.invoke(main, _train_args(straight, "--epochs", "4"))
+    assert result.exit_code == 0, result.output
+    split = load_split(tmp_path / "straight.split.json")
+    assert (len(split.train), len(split.val), len(split.test)) == (40, 5, 5)
+
+    again = runner.invoke(main, _train_args(straight, "--epochs", "4"))
+    assert again.exit_code != 0 and "exists; pass --overwrite" in again.output
+
+    # an interrupted run (2 epochs) resumed to 4 epochs ends where the straight run ends
+    resumed = tmp_path / "resumed.pt"
+    assert runner.invoke(main, _train_args(resumed, "--epochs", "2")).exit_code == 0
+    result = runner.invoke(main, _train_args(resumed, "--epochs", "4", "--resume"))
+    assert result.exit_code == 0, result.output
+    log = np.genfromtxt(tmp_path / "resumed.log.csv", delimiter=",", names=True)
+    assert log["epoch"].tolist() == [1, 2, 3, 4]
+    ckpt_a = torch.load(str(straight) + ".ckpt", weights_only=True)
+    ckpt_b = torch.load(str(resumed) + ".ckpt", weights_only=True)
+    for key, value in ckpt_a["model"].items():
+        torch.testing.assert_close(ckpt_b["model"][key], value, rtol=0, atol=0)
+
+
+def test_cli_tagged_split_and_clear_errors(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "tagged.pt"
+    result = runner.invoke(main, _train_args(out, "--epochs", "1", "--split-tag", "rmd17_splits:train01:test01",
+                                             "--val-block", "5"))
+    assert result.exit_code == 0, result.output
+    meta = load_model(out).metadata
+    assert meta["training"]["split"]["n_train"] == 30 and meta["training"]["split"]["n_test"] == 5
+    bad = runner.invoke(main, _train_args(tmp_path / "x.pt", "--species", "H,O"))
+    assert bad.exit_code != 0 and "element(s) C" in bad.output and "Traceback" not in bad.output
+    missing = runner.invoke(main, ["train", str(tmp_path / "none.xyz"), "-o", str(tmp_path / "y.pt")])
+    assert missing.exit_code != 0 and "does not exist" in missing.output
+
+
+@pytest.mark.gpu
+def test_one_epoch_on_cuda(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    data = lj_dataset(8)
+    trainer = Trainer(data, random_split(8, n_val=2, n_test=0), config(max_epochs=1, device="cuda"),
+                      tmp_path / "cuda.pt", echo=None)
+    result = trainer.fit()
+    assert result.epochs == 1 and (tmp_path / "cuda.pt").exists()
