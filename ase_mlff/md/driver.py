@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
@@ -206,7 +207,10 @@ class _Simulation:
             self.max_radius = extent + max(10.0, 2.0 * (cutoff or 5.0))
         self.stop_signal: str | None = None
         self.h5 = H5Writer(paths["h5"], atoms, metadata, flush_every=settings.flush_every, mode=mode)
-        self.traj = Trajectory(str(paths["traj"]), "a" if mode == "a" else "w", atoms)
+        # properties named here and passed to write(): ASE then skips its per-property
+        # cache checks, which cost more than the rest of the frame
+        self.traj = Trajectory(str(paths["traj"]), "a" if mode == "a" else "w", atoms,
+                               properties=("energy", "forces"))
         self.log = open(paths["log"], "a" if mode == "a" else "w", buffering=1, encoding="utf-8")
         self.progress = _Progress(settings.steps, start_step) if progress else None
         self.last_recorded = None
@@ -214,7 +218,7 @@ class _Simulation:
         dyn.attach(self._check, interval=1)
         dyn.attach(self._record, interval=settings.h5_interval)
         if settings.traj_interval > 0:
-            dyn.attach(self.traj.write, interval=settings.traj_interval)
+            dyn.attach(self._write_traj, interval=settings.traj_interval)
         dyn.attach(self._log_line, interval=settings.log_interval)
         if self.progress is not None:
             dyn.attach(self._draw, interval=max(1, min(10, settings.steps // 100 or 1)))
@@ -230,7 +234,9 @@ class _Simulation:
             raise BlowUp(step, f"potential energy is {energy}")
         if not np.isfinite(results["forces"]).all():
             raise BlowUp(step, "forces are not finite")
-        temperature = 2.0 * self.atoms.get_kinetic_energy() / (self.dof * units.kB)
+        momenta = self.atoms.arrays["momenta"]
+        kinetic = 0.5 * float(np.vdot(momenta, momenta / self.masses))
+        temperature = 2.0 * kinetic / (self.dof * units.kB)
         if not temperature <= self.max_temperature:  # also catches NaN
             raise BlowUp(step, f"temperature {temperature:.4g} K is far beyond "
                          f"{self.settings.temperature_K:g} K (limit {self.max_temperature:g} K)")
@@ -251,6 +257,11 @@ class _Simulation:
         self.last_recorded = step
         if self.h5.due():
             self.h5.flush(self.checkpoint())
+
+    def _write_traj(self) -> None:
+        results = self.calc.results
+        self.traj.write(self.atoms, energy=results["energy"], free_energy=results["energy"],
+                        forces=results["forces"])
 
     def _log_line(self) -> None:
         step = self.dyn.nsteps
@@ -348,12 +359,9 @@ def _package_versions() -> dict:
 
     versions = {"ase-mlff": __version__, "ase": ase.__version__, "numpy": np.__version__,
                 "h5py": h5py.__version__, "python": platform.python_version()}
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")  # the calculator's; never imported just for this
+    if torch is not None:
         versions["torch"] = torch.__version__
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
     return versions
 
 
