@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import ase.io
+import ase.io.formats
 import h5py
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ def test_outputs_exist_and_agree(tmp_path, ar_files):
     for suffix in (".traj", ".h5", ".log"):
         assert (tmp_path / f"ar{suffix}").stat().st_size > 0
     traj = ase.io.read(tmp_path / "ar.traj", ":")
+    assert ase.io.formats.filetype(str(tmp_path / "ar.h5")) == "mlff-h5"
     via_plugin = ase.io.read(tmp_path / "ar.h5", ":")  # the ase.ioformats entry point
     steps = frames(tmp_path / "ar.h5", "step")
     np.testing.assert_array_equal(steps, np.arange(0, 201, 10))

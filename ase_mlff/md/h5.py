@@ -127,6 +127,7 @@ class H5Writer:
     def due(self) -> bool:
         """True when the buffered frames should be written now."""
         return (self._n_buffered >= self.flush_every
+                or self.n_frames == 0  # the first frame at once: a readable file from the start
                 or time.monotonic() - self._last_flush > self.flush_seconds)
 
     def flush(self, checkpoint: dict | None = None) -> None:
@@ -230,7 +231,9 @@ def _open(path: str | os.PathLike):
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     try:
-        f = h5py.File(path, "r")
+        # no file lock: a report or conversion may read a file a running simulation is
+        # writing (it sees the frames up to the last flush)
+        f = h5py.File(path, "r", locking=False)
     except OSError as error:
         raise ValueError(f"{path} is not a readable HDF5 file ({error})") from None
     try:
