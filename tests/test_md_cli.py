@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from ase.build import molecule
 from ase.io import write
-from test_md_fixtures import ar_files, ethanol_files, frames, invoke, one_line_error  # noqa: F401
+from test_md_fixtures import ar_files, frames, invoke, one_line_error  # noqa: F401
 
 from ase_mlff import save_model
 from ase_mlff.md.h5 import FRAME_FIELDS

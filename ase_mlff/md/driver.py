@@ -167,8 +167,10 @@ def _restore_thermostat(dyn, state: dict) -> None:
 
 
 def initialize_velocities(atoms: Atoms, temperature_K: float, rng: np.random.Generator) -> None:
-    """Maxwell-Boltzmann momenta at ``temperature_K``, zero total momentum, and for
-    non-periodic systems zero angular momentum (ASE keeps the sampled temperature)."""
+    """Maxwell-Boltzmann momenta, zero total momentum and, for non-periodic systems,
+    zero angular momentum, scaled so the run starts at exactly ``temperature_K``
+    (as ``Atoms.get_temperature`` counts it): a 9-atom sample would otherwise start
+    anywhere within ±25 % of the temperature asked for."""
     from ase.md import velocitydistribution as vd
 
     if hasattr(vd, "thermalize_momenta"):  # ASE >= 3.29 deprecates MaxwellBoltzmannDistribution
@@ -181,6 +183,9 @@ def initialize_velocities(atoms: Atoms, temperature_K: float, rng: np.random.Gen
     # moment of inertia, which ZeroRotation would divide by
     if not atoms.pbc.any() and len(atoms) > 2 and atoms.get_moments_of_inertia().min() > 1e-8:
         vd.ZeroRotation(atoms)
+    current = atoms.get_temperature()
+    if current > 0:
+        atoms.set_momenta(atoms.get_momenta() * np.sqrt(temperature_K / current))
 
 
 class _Simulation:
