@@ -209,7 +209,10 @@ class _Simulation:
         self.periodic = bool(atoms.pbc.any())
         if not self.periodic:
             extent = np.linalg.norm(atoms.positions - atoms.get_center_of_mass(), axis=1).max()
-            self.max_radius = extent + max(10.0, 2.0 * (cutoff or 5.0))
+            # a restart keeps the limit of the original start
+            default = extent + max(10.0, 2.0 * (cutoff or 5.0))
+            self.max_radius = float(metadata.get("max_radius_A", default))
+            metadata["max_radius_A"] = self.max_radius
         self.stop_signal: str | None = None
         self.h5 = H5Writer(paths["h5"], atoms, metadata, flush_every=settings.flush_every, mode=mode)
         # properties named here and passed to write(): ASE then skips its per-property
@@ -578,6 +581,8 @@ def restart_md(h5_path: str | os.PathLike, calculator, *, steps: int | None = No
     rng.bit_generator.state = state["rng_state"]
     _truncate_traj(paths["traj"], start, settings.traj_interval)
     new_meta = {"last_restart_step": start}
+    if "max_radius_A" in meta:
+        new_meta["max_radius_A"] = meta["max_radius_A"]
     if command_line:
         new_meta["restart_command_line"] = command_line
     new_meta["steps"] = settings.steps
