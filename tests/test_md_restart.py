@@ -58,6 +58,9 @@ def test_restart_refuses_a_different_model_and_a_finished_run(tmp_path, ar_files
     assert invoke(*RUN_AR, structure, "-m", model, "--steps", 20, "-o", tmp_path / "r").exit_code == 0
     result = invoke("run", "--restart", tmp_path / "r.h5")
     assert result.exit_code == 1 and "already reached step 20" in result.output
+    result = invoke("run", "--restart", tmp_path / "r.h5", "--steps", 40, "--ensemble", "langevin",
+                    "--temperature", 10)
+    assert result.exit_code == 2 and "drop --ensemble, --temperature (" in result.output
     save_model(LennardJones(["Ar"], epsilon=0.02, sigma=3.4), model)  # the file changes
     result = invoke("run", "--restart", tmp_path / "r.h5", "--steps", 40)
     assert result.exit_code == 1 and "not the model this run started with" in result.output

@@ -192,6 +192,12 @@ def _blowup_exit(message: str):
     return error
 
 
+#: options fixed by the original run (a restart reads them from the HDF5 file)
+_RUN_SETTINGS = ("ensemble", "timestep_fs", "temperature_K", "friction_per_fs", "taut_fs", "seed",
+                 "velocities", "output", "overwrite", "traj_interval", "h5_interval", "log_interval",
+                 "flush_every")
+
+
 def _restart(restart, structure, model, steps, max_drift, ctx, device, dtype, threads, progress,
              command_line):
     from .driver import restart_md
@@ -199,6 +205,14 @@ def _restart(restart, structure, model, steps, max_drift, ctx, device, dtype, th
 
     if structure is not None:
         raise click.UsageError("--restart continues from the HDF5 file; do not give a STRUCTURE too")
+    flags = {p.name: max(p.opts, key=len) for p in ctx.command.params}
+    fixed = [flags[name] for name in _RUN_SETTINGS
+             if ctx.get_parameter_source(name) is not None
+             and ctx.get_parameter_source(name).name == "COMMANDLINE"]
+    if fixed:
+        raise click.UsageError(f"--restart reuses the settings stored in the run's file; drop "
+                               f"{', '.join(fixed)} (only --steps, --max-drift, -m, --device, --dtype, "
+                               "--threads and --quiet apply)")
     try:
         meta = read_metadata(restart)
     except (FileNotFoundError, ValueError) as error:
