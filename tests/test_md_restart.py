@@ -134,3 +134,38 @@ def test_sigterm_closes_files_cleanly(tmp_path, ar_files):
         assert f["frames/step"][-1] == stop - stop % 10
     assert "# interrupted: stopped by SIGTERM" in (tmp_path / "term.log").read_text()
     assert len(ase.io.read(tmp_path / "term.traj", ":")) == stop // 10 + 1
+
+
+def test_sigint_stops_at_a_step_boundary_and_restarts(tmp_path):
+    """Ctrl-C during a force call: the step finishes, files close with a consistent checkpoint."""
+    from ase.calculators.lj import LennardJones as AseLJ
+    from test_md_fixtures import AR_EPSILON, AR_SIGMA, argon_cluster
+
+    from ase_mlff.md import restart_md, run_md
+
+    class Interrupting(AseLJ):
+        calls = 0
+
+        def calculate(self, *args, **kwargs):
+            super().calculate(*args, **kwargs)
+            Interrupting.calls += 1
+            if Interrupting.calls == 35:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    def lj():
+        return Interrupting(sigma=AR_SIGMA, epsilon=AR_EPSILON, rc=3 * AR_SIGMA, smooth=True)
+
+    previous = signal.getsignal(signal.SIGINT)
+    result = run_md(argon_cluster(), lj(), timestep_fs=5.0, temperature_K=30.0, steps=80, seed=2,
+                    output=tmp_path / "int", handle_signals=True)
+    assert signal.getsignal(signal.SIGINT) is previous  # handlers restored
+    assert result.status == "interrupted" and "SIGINT" in result.message and result.exit_code == 130
+    assert result.last_step == 34  # call k computes step k-1; the stop comes right after it
+    with h5py.File(tmp_path / "int.h5", "r") as f:
+        assert f.attrs["status"] == "interrupted" and f["checkpoint"].attrs["step"] == 34
+    Interrupting.calls = -10**9  # no more interrupts
+    assert restart_md(tmp_path / "int.h5", lj()).status == "completed"
+    Interrupting.calls = -10**9
+    run_md(argon_cluster(), lj(), timestep_fs=5.0, temperature_K=30.0, steps=80, seed=2,
+           output=tmp_path / "ref")
+    assert_same_frames(tmp_path / "ref.h5", tmp_path / "int.h5")
