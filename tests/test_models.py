@@ -70,11 +70,18 @@ FD_SYSTEMS = {
     "si-triclinic": lambda: silicon(2),
     "mo-2-atom-cell": lambda: rattled(molybdenum(0), seed=3),  # cell < cutoff: atoms see own images
     "water": lambda: water(0),
+    "si-left-handed": lambda: left_handed(rattled(silicon(2), seed=6)),  # negative det(cell)
 }
 
 
+def left_handed(atoms):
+    atoms.set_cell(atoms.cell.array[[1, 0, 2]], scale_atoms=False)
+    assert np.linalg.det(atoms.cell.array) < 0
+    return atoms
+
+
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-@pytest.mark.parametrize("system", FD_SYSTEMS)
+@pytest.mark.parametrize("system", [s for s in FD_SYSTEMS if s != "si-left-handed"])
 def test_forces_are_minus_the_energy_gradient(architecture, system):
     atoms = FD_SYSTEMS[system]()
     species = SPECIES[system.split("-")[0]]
@@ -92,7 +99,7 @@ def test_forces_are_minus_the_energy_gradient(architecture, system):
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-@pytest.mark.parametrize("system", ["si-triclinic", "mo-2-atom-cell", "water"])
+@pytest.mark.parametrize("system", ["si-triclinic", "mo-2-atom-cell", "water", "si-left-handed"])
 def test_stress_is_the_strain_derivative_over_volume(architecture, system):
     atoms = FD_SYSTEMS[system]()
     cutoff = 4.0 if architecture != "lennard_jones" else 5.0

@@ -101,6 +101,14 @@ def test_random_triclinic_cells_smaller_than_cutoff_and_unwrapped(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_left_handed_cell(backend):
+    atoms = silicon(2)
+    atoms.set_cell(atoms.cell.array[[2, 1, 0]], scale_atoms=False)
+    assert np.linalg.det(atoms.cell.array) < 0
+    assert_same_pairs(atoms, 5.0, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_single_atom_cell_much_smaller_than_cutoff(backend):
     # every neighbor is an image of the atom itself
     atoms = Atoms("Cu", positions=[[0.3, -0.2, 7.1]], cell=random_cell(np.random.default_rng(1), 1.1),
