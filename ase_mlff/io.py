@@ -63,7 +63,7 @@ def save_model(model: Potential, path: str | os.PathLike, metadata: dict | None 
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "architecture": model.architecture,
-        "hyperparameters": model.hyperparameters(),
+        "hyperparameters": _plain(model.hyperparameters()),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "species": list(model.species),
         "cutoff": model.cutoff,
@@ -92,6 +92,21 @@ def save_model(model: Potential, path: str | os.PathLike, metadata: dict | None 
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _plain(value):
+    """Numpy scalars (e.g. n_features from np.arange) to Python numbers, recursively.
+
+    weights_only loading accepts plain Python data only; a numpy scalar in the
+    record would make a file that save_model wrote unreadable by load_model.
+    """
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, torch.Tensor):
+        return value.item()
+    return value
 
 
 def read_model_record(path: str | os.PathLike) -> dict:
