@@ -16,7 +16,7 @@ from conftest import ARCHITECTURES, ethanol, make_model, molybdenum
 from ase_mlff import MLFFCalculator, load_model, save_model
 from ase_mlff.bundled import bundled_potentials, resolve_model_path
 from ase_mlff.io import FORMAT, FORMAT_VERSION, read_model_record
-from ase_mlff.models import LennardJones
+from ase_mlff.models import LennardJones, SchNet
 
 
 def evaluate(model, atoms, dtype="float64"):
@@ -96,6 +96,17 @@ def test_round_trip_in_a_fresh_process(tmp_path):
             # float64 evaluated by the same code: equal up to summation order
             assert got_energy == pytest.approx(energy, rel=1e-14, abs=1e-12)
             np.testing.assert_allclose(got_forces, forces, rtol=1e-12, atol=1e-13)
+
+
+def test_numpy_hyperparameters_still_give_a_loadable_file(tmp_path):
+    # e.g. a sweep over np.arange(...) widths: numpy scalars are not plain data
+    # and would make the file unreadable with weights_only=True
+    model = SchNet(["H", "O"], cutoff=np.float32(4.0), n_features=np.int64(8), n_interactions=np.int64(1),
+                   n_rbf=np.int64(6))
+    loaded = load_model(save_model(model, tmp_path / "numpy.pt"))
+    assert loaded.hyperparameters() == {"species": ["H", "O"], "cutoff": 4.0, "n_features": 8,
+                                        "n_interactions": 1, "n_rbf": 6}
+    assert all(type(v) in (int, float, list) for v in loaded.hyperparameters().values())
 
 
 def test_file_is_plain_data_with_the_documented_layout(tmp_path):
