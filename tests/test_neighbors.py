@@ -137,6 +137,19 @@ def test_mixed_boundary_conditions(backend, pbc):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pbc", [(True, True, False), (False, True, False), (True, False, True)])
+def test_mixed_boundary_conditions_on_a_large_unwrapped_system(backend, pbc):
+    # 192 atoms: large enough that a pure-torch search bins the images instead
+    # of comparing all pairs; the open axes get zero cell vectors
+    atoms = water(0)
+    atoms.pbc = pbc
+    cell = atoms.cell.array.copy()
+    cell[[k for k in range(3) if not pbc[k]]] = 0.0
+    atoms.set_cell(cell, scale_atoms=False)
+    assert_same_pairs(atoms, 5.5, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_batch_mixing_molecules_cells_and_slabs(backend):
     rng = np.random.default_rng(3)
     slab = Atoms("H5", positions=rng.uniform(-1, 4, (5, 3)),
