@@ -1,22 +1,35 @@
-"""Batched neighbor list: torch-cluster with a batch vector, plus periodic images.
+"""Batched neighbor list in pure torch: periodic images, then a cell list.
 
-torch-cluster's ``radius`` finds pairs within a distance for many structures
-at once (a batch vector keeps them apart), but knows nothing about periodic
-boundaries and silently keeps at most ``max_num_neighbors`` neighbors per
-atom. This module adds both missing pieces:
+For every structure of a :class:`~ase_mlff.batch.Batch` (molecules, slabs,
+wires and bulk cells can be mixed) the list holds every pair closer than the
+cutoff, in both directions, with the integer cell shift of the neighbor:
 
-* periodic images: positions are wrapped into the cell, each atom is copied
-  to every integer cell shift that can bring it within the cutoff of the cell
-  (cells smaller than the cutoff get many images, triclinic and mixed-pbc
-  cells included), and the cell shift of each pair is recorded relative to
-  the *unwrapped* positions the user gave;
-* the cap: it starts from a bound derived from the data and is raised and the
-  search repeated whenever any atom reaches it, so no neighbor is ever lost.
+* periodic images: positions are wrapped into the cell, and each atom is
+  copied to every integer cell shift that can bring it within the cutoff of
+  the cell (cells smaller than the cutoff get many images; triclinic and
+  mixed-pbc cells included). Shifts are reported relative to the *unwrapped*
+  positions the user gave.
+* search: the images are sorted into a grid of cells half a cutoff wide
+  (a cell list, as in vesin and matscipy). For each atom, only the columns of
+  cells whose xy-distance to it is below the cutoff are visited, and in each
+  column only the z-range the cutoff sphere can reach; because the images
+  are sorted by cell, that range is one contiguous slice. About twice as
+  many candidates as true neighbors are then compared, in chunks of bounded
+  memory. Cost is O(N) in time and memory.
+* tiny inputs (a molecule, a few small cells) compare all (atom, image)
+  pairs at once instead: fewer, larger tensor operations win there.
 
-When torch-cluster is not installed, or for small inputs where a dense search
-is cheaper than building a tree, a pure-torch search over the same images
-gives the same pairs (``backend="torch"``). It is O(N·M) in time, chunked to
-bound memory: fine up to a few thousand atoms, slow beyond that.
+Results are exact: candidates are collected with a margin that covers
+floating-point rounding, and pairs within that margin of the cutoff are
+decided with the very formula the models see (:func:`edge_vectors`), so the
+pairs do not depend on the search path (tests compare them pair for pair with
+ASE).
+
+``backend="torch-cluster"`` replaces the search by torch-cluster's KD-tree
+(``torch_cluster.radius`` with batch vectors, with a cap on neighbors per
+atom that is raised and the search repeated until nothing is cut off). On
+the CPU it is slower than the cell list at every size measured in
+``benchmarks/neighbors.py``, so ``"auto"`` and ``"torch"`` never use it.
 
 Conventions follow ``ase.neighborlist.neighbor_list("ijS")``: for an edge
 (i, j, S) the vector is ``positions[j] - positions[i] + S @ cell`` and every
@@ -33,18 +46,24 @@ import torch
 
 from .batch import Batch
 
-try:  # optional: the fast path
+try:  # optional: an alternative search, never chosen automatically
     import torch_cluster as _torch_cluster
 except ImportError:  # pragma: no cover - depends on the environment
     _torch_cluster = None
 
 BACKENDS = ("auto", "torch-cluster", "torch")
 
-# Below this many candidate (atom, image) pairs the dense torch search beats
-# building a tree (measured in benchmarks/neighbors.py).
+# Up to this many (atom, image) pairs, comparing them all beats binning
+# (crossover measured in benchmarks/neighbors.py).
 _DENSE_PAIRS_LIMIT = 20_000
 # Elements of the largest distance block the dense search builds at once.
 _DENSE_CHUNK = 4_000_000
+# Cells per cutoff along each axis of the cell list: narrower cells visit
+# fewer candidates but more columns per atom; 2 was fastest on water.
+_CELLS_PER_CUTOFF = 2
+# Candidate pairs compared per chunk of the cell list (bounds memory and
+# keeps the working set in cache).
+_CELL_CHUNK = 1 << 19
 
 
 def has_torch_cluster() -> bool:
@@ -89,12 +108,12 @@ def edge_vectors(
 
 
 class NeighborList:
-    """Neighbor-list builder that remembers the neighbor cap between calls.
+    """Neighbor-list builder (holds torch-cluster's neighbor cap between calls).
 
     Args:
         cutoff: radius in Å; pairs with distance < cutoff are returned.
-        backend: "auto" (torch-cluster for large inputs when installed, the
-            dense torch search otherwise), "torch-cluster", or "torch".
+        backend: "auto" or "torch" (the pure-torch search: all pairs for tiny
+            inputs, a cell list beyond), or "torch-cluster" (its KD-tree).
     """
 
     def __init__(self, cutoff: float, backend: str = "auto"):
@@ -117,36 +136,32 @@ class NeighborList:
 
     def build(self, batch: Batch) -> Neighbors:
         with torch.no_grad():
-            images = _periodic_images(batch, self.cutoff)
-            candidates = _dense_pair_count(batch.n_atoms, images.n_per_system)
-            use_cluster = self.backend == "torch-cluster" or (
-                self.backend == "auto"
-                and _torch_cluster is not None
-                and candidates > _DENSE_PAIRS_LIMIT
-            )
-            if use_cluster:
-                center, image = self._search_cluster(batch, images)
+            n_atoms = batch.positions.shape[0]
+            if (self.backend != "torch-cluster" and batch.n_systems == 1
+                    and n_atoms * n_atoms <= _DENSE_PAIRS_LIMIT and not bool(batch.pbc.any())):
+                return _small_molecule(batch.positions, self.cutoff)
+            margin = _rounding_margin(batch, self.cutoff)
+            reach2 = self.cutoff**2 + margin  # candidates: every pair that might be < cutoff
+            images = _periodic_images(batch, math.sqrt(reach2))
+            if self.backend == "torch-cluster":
+                center, image = self._search_cluster(batch, images, math.sqrt(reach2))
+                d2 = (images.positions[image] - images.centers[center]).square().sum(1)
+            elif _dense_pair_count(batch, images) <= _DENSE_PAIRS_LIMIT:
+                center, image, d2 = _search_dense(batch, images, reach2)
             else:
-                center, image = _search_dense(batch, images, self.cutoff)
-            return _finish(batch, images, center, image, self.cutoff)
+                center, image, d2 = _search_cells(batch, images, reach2)
+            return _finish(batch, images, center, image, d2, self.cutoff, margin)
 
-    def _search_cluster(self, batch: Batch, images: "_Images"):
+    def _search_cluster(self, batch: Batch, images: "_Images", radius: float):
+        n_per_system = torch.bincount(images.system, minlength=batch.n_systems)
         # An atom has at most as many neighbors as its structure has images.
-        bound = int(images.n_per_system.max())
+        bound = int(n_per_system.max())
         cap = min(bound, max(self._max_neighbors_hint, _density_guess(batch, images, self.cutoff)))
-        # Search a hair wider than the cutoff so rounding inside torch-cluster
-        # cannot drop a pair; _finish applies the exact cutoff.
-        radius = self.cutoff * (1 + 1e-6)
-        threads = max(1, torch.get_num_threads())
         while True:
+            # radius already carries the rounding margin; _finish applies the exact cutoff
             center, image = _torch_cluster.radius(
-                images.positions,
-                images.centers,
-                radius,
-                batch_x=images.system,
-                batch_y=batch.system,
-                max_num_neighbors=cap,
-                num_workers=threads,
+                images.positions, images.centers, radius,
+                batch_x=images.system, batch_y=batch.system, max_num_neighbors=cap,
             )
             counts = torch.bincount(center, minlength=batch.positions.shape[0])
             most = int(counts.max()) if counts.numel() else 0
@@ -168,12 +183,12 @@ class _Images:
     """Periodic copies of the (wrapped) atoms that can lie within the cutoff."""
 
     centers: torch.Tensor  # [n_atoms, 3] Å, positions wrapped into the cell
-    wrap: torch.Tensor  # [n_atoms, 3] int64, positions = centers + wrap @ cell
+    wrap: torch.Tensor | None  # [n_atoms, 3] int64: positions = centers + wrap @ cell; None if all 0
     positions: torch.Tensor  # [n_images, 3] Å
     atom: torch.Tensor  # [n_images] index of the atom each image copies
-    shift: torch.Tensor  # [n_images, 3] int64, relative to the wrapped atom
+    shift: torch.Tensor | None  # [n_images, 3] int64, relative to the *unwrapped* atom; None if open
     system: torch.Tensor  # [n_images], sorted
-    n_per_system: torch.Tensor  # [n_systems]
+    self_image: torch.Tensor  # [n_atoms] index of each atom's zero-shift image
     periodic: bool
 
 
@@ -184,10 +199,13 @@ def _complete_cell(cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
     may carry zero vectors along its open axes, which are replaced by unit
     vectors orthogonal to the periodic ones.
     """
+    dets = torch.linalg.det(cell).abs()
+    degenerate = torch.nonzero(dets < 1e-10).flatten().tolist()
+    if not degenerate:
+        return cell
     out = cell.clone()
     eye = torch.eye(3, dtype=cell.dtype, device=cell.device)
-    dets = torch.linalg.det(cell).abs()
-    for b in torch.nonzero(dets < 1e-10).flatten().tolist():
+    for b in degenerate:
         periodic = [int(k) for k in torch.nonzero(pbc[b]).flatten()]
         if not periodic:
             out[b] = eye
@@ -208,49 +226,100 @@ def _complete_cell(cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _per_atom(table: torch.Tensor, system: torch.Tensor) -> torch.Tensor:
+    """table[system] for per-structure tensors; a broadcastable view for one structure."""
+    return table if table.shape[0] == 1 else table[system]
+
+
 def _periodic_images(batch: Batch, cutoff: float) -> _Images:
+    """Images within ``cutoff`` of their structure's cell (the atoms themselves if open)."""
     pbc = batch.pbc
     system = batch.system
     positions = batch.positions
+    n_atoms = positions.shape[0]
     if not bool(pbc.any()):
-        zeros = torch.zeros_like(positions, dtype=torch.long)
-        return _Images(positions, zeros, positions, torch.arange(positions.shape[0], device=positions.device),
-                       zeros, system, batch.n_atoms, False)
+        atoms = torch.arange(n_atoms, device=positions.device)
+        return _Images(positions, None, positions, atoms, None, system, atoms, False)
 
     cell = _complete_cell(batch.cell, pbc)
     inverse = torch.linalg.inv(cell)  # [B, 3, 3]
-    frac = torch.bmm(positions.unsqueeze(1), inverse[system]).squeeze(1)  # [N, 3]
-    wrap = torch.where(pbc[system], torch.floor(frac), torch.zeros_like(frac))
+    if batch.n_systems == 1:
+        frac = positions @ inverse[0]  # [N, 3]
+    else:
+        frac = torch.bmm(positions.unsqueeze(1), inverse[system]).squeeze(1)
+    pbc_atom = _per_atom(pbc, system)  # [N or 1, 3]
+    wrap = torch.where(pbc_atom, torch.floor(frac), torch.zeros_like(frac))
     frac = frac - wrap
-    centers = positions - torch.bmm(wrap.unsqueeze(1), batch.cell[system]).squeeze(1)
+    if batch.n_systems == 1:
+        centers = positions - wrap @ batch.cell[0]
+    else:
+        centers = positions - torch.bmm(wrap.unsqueeze(1), batch.cell[system]).squeeze(1)
 
     # plane spacing d_k = V / |a_l x a_m|: an image further than cutoff/d_k
     # (in fractional units) from the cell along a periodic axis k cannot
-    # reach any atom inside it.
+    # reach any atom inside it. The margin covers rounding of the search.
     cross = torch.linalg.cross(cell[:, [1, 2, 0]], cell[:, [2, 0, 1]])  # [B,3,3]
     volume = torch.linalg.det(cell).abs().unsqueeze(1)
-    reach = cutoff * cross.norm(dim=2) / volume  # [B, 3], fractional
+    reach = (cutoff * (1 + 1e-6)) * cross.norm(dim=2) / volume  # [B, 3], fractional
     reach = torch.where(pbc, reach, torch.zeros_like(reach))
     n_max = torch.ceil(reach).long().amax(0).tolist()  # images per axis, whole batch
 
-    ranges = [range(-n, n + 1) for n in n_max]
-    shifts = torch.tensor(list(product(*ranges)), dtype=positions.dtype, device=positions.device)  # [S, 3]
-    # candidate image (atom a, shift s) is kept if inside the reach on every axis
-    shifted = frac.unsqueeze(1) + shifts.unsqueeze(0)  # [N, S, 3]
-    r = reach[system].unsqueeze(1)
-    keep = ((shifted >= -r) & (shifted < 1 + r)) | ~pbc[system].unsqueeze(1)
-    keep = keep.all(dim=2) & ((shifts.unsqueeze(0) == 0) | pbc[system].unsqueeze(1)).all(dim=2)
+    # candidate image (atom a, shift s) is kept if inside the reach on every
+    # axis: one [N, 2n+1] test per axis, combined by broadcasting
+    reach_atom = _per_atom(reach, system)
+    keep_axes = []
+    for k, n in enumerate(n_max):
+        offsets = torch.arange(-n, n + 1, device=positions.device, dtype=positions.dtype)
+        shifted = frac[:, k:k + 1] + offsets  # [N, 2n+1]
+        r = reach_atom[:, k:k + 1]
+        periodic_k = pbc_atom[:, k:k + 1]
+        # along open axes positions are not wrapped: only the zero shift, wherever it is
+        keep_k = ((shifted >= -r) & (shifted <= 1 + r)) | ~periodic_k
+        if n > 0:
+            keep_k = keep_k & ((offsets == 0) | periodic_k)
+        keep_axes.append(keep_k)
+    keep = (keep_axes[0][:, :, None, None] & keep_axes[1][:, None, :, None]
+            & keep_axes[2][:, None, None, :]).reshape(n_atoms, -1)  # [N, S]
     atom, which = torch.nonzero(keep, as_tuple=True)  # atom-major, so systems stay sorted
-    image_shift = shifts[which]
-    image_positions = centers[atom] + torch.bmm(image_shift.unsqueeze(1), batch.cell[system[atom]]).squeeze(1)
+    shifts = torch.tensor(list(product(*[range(-n, n + 1) for n in n_max])),
+                          dtype=torch.long, device=positions.device)  # [S, 3]
+    shift_vectors = shifts.to(positions.dtype) @ batch.cell  # [B, S, 3] Å
     image_system = system[atom]
-    n_per_system = torch.bincount(image_system, minlength=batch.n_systems)
-    return _Images(centers, wrap.long(), image_positions, atom, image_shift.long(),
-                   image_system, n_per_system, True)
+    if batch.n_systems == 1:
+        image_positions = centers[atom] + shift_vectors[0, which]
+    else:
+        image_positions = centers[atom] + shift_vectors[image_system, which]
+    zero = (n_max[0] * (2 * n_max[1] + 1) + n_max[1]) * (2 * n_max[2] + 1) + n_max[2]
+    self_image = torch.nonzero(which == zero).squeeze(1)  # one per atom, in atom order
+    wrap = wrap.long()
+    any_wrap = bool(wrap.any())
+    image_shift = shifts[which]
+    if any_wrap:  # shifts relative to the unwrapped position r_j = center_j + wrap_j·cell
+        image_shift = image_shift - wrap[atom]
+    return _Images(centers, wrap if any_wrap else None, image_positions, atom, image_shift,
+                   image_system, self_image, True)
 
 
-def _dense_pair_count(n_atoms: torch.Tensor, n_images: torch.Tensor) -> int:
-    return int((n_atoms * n_images).sum())
+def _rounding_margin(batch: Batch, cutoff: float) -> float:
+    """Bound on |d² from wrapped images − d² from edge_vectors|, in Å².
+
+    The two agree mathematically but round differently; with coordinates up
+    to X the two vectors differ by a few ulp of X, so d² moves by about
+    2·cutoff·(few ulp of X). X bounds positions and images: |r| plus the cell
+    diagonal plus twice the cutoff. 64 ulp leaves a wide safety factor.
+    """
+    eps = torch.finfo(batch.positions.dtype).eps
+    largest = float(batch.positions.abs().max()) if batch.positions.numel() else 0.0
+    if bool(batch.pbc.any()):
+        largest += float(batch.cell.norm(dim=2).sum(1).max()) + 2 * cutoff
+    return 64 * eps * (cutoff * largest + cutoff**2)
+
+
+def _dense_pair_count(batch: Batch, images: _Images) -> int:
+    if batch.n_systems == 1:
+        return batch.positions.shape[0] * images.positions.shape[0]
+    n_images = torch.bincount(images.system, minlength=batch.n_systems)
+    return int((batch.n_atoms * n_images).sum())
 
 
 def _density_guess(batch: Batch, images: _Images, cutoff: float) -> int:
@@ -263,55 +332,233 @@ def _density_guess(batch: Batch, images: _Images, cutoff: float) -> int:
     return 128
 
 
+def _small_molecule(positions: torch.Tensor, cutoff: float) -> Neighbors:
+    """One open molecule: all pairs in a handful of tensor operations.
+
+    The vectors are r_j − r_i exactly as :func:`edge_vectors` forms them, so
+    the cutoff test needs no rounding margin.
+    """
+    vectors = positions[None, :, :] - positions[:, None, :]  # [N, N, 3], vectors[i, j] = r_j - r_i
+    close = vectors.square().sum(-1) < cutoff * cutoff
+    close.fill_diagonal_(False)
+    edge_index = torch.nonzero(close).t().contiguous()
+    shifts = torch.zeros((edge_index.shape[1], 3), dtype=torch.long, device=positions.device)
+    return Neighbors(edge_index, shifts, False)
+
+
 def _first_index(counts: torch.Tensor) -> torch.Tensor:
     return torch.cumsum(counts, 0) - counts
 
 
-def _search_dense(batch: Batch, images: _Images, cutoff: float):
-    """All (atom, image) pairs of each structure, padded per structure."""
-    n_atoms, n_images = batch.n_atoms, images.n_per_system
+def _search_dense(batch: Batch, images: _Images, reach2: float):
+    """All (atom, image) pairs of each structure: (center, image, d²) with d² < reach2."""
+    centers, others = images.centers, images.positions
+    if batch.n_systems == 1:
+        chunk = max(1, _DENSE_CHUNK // max(1, others.shape[0]))
+        found_a, found_m, found_d2 = [], [], []
+        for start in range(0, centers.shape[0], chunk):
+            d2 = (others[None, :, :] - centers[start:start + chunk, None, :]).square().sum(-1)
+            a, m = torch.nonzero(d2 < reach2, as_tuple=True)
+            found_a.append(a + start)
+            found_m.append(m)
+            found_d2.append(d2[a, m])
+        if len(found_a) == 1:
+            return found_a[0], found_m[0], found_d2[0]
+        return torch.cat(found_a), torch.cat(found_m), torch.cat(found_d2)
+
+    # many structures: pad each to the largest, padding far away with
+    # opposite signs so that padding never pairs with padding
+    n_atoms = batch.n_atoms
+    n_images = torch.bincount(images.system, minlength=batch.n_systems)
     n_sys = batch.n_systems
     max_n, max_m = int(n_atoms.max()), int(n_images.max())
     atom_first, image_first = _first_index(n_atoms), _first_index(n_images)
-    dev, dtype = images.positions.device, images.positions.dtype
+    dev, dtype = others.device, others.dtype
+    padded_centers = torch.full((n_sys, max_n, 3), 1e10, dtype=dtype, device=dev)
+    local_atom = torch.arange(centers.shape[0], device=dev) - atom_first[batch.system]
+    padded_centers[batch.system, local_atom] = centers
+    padded_others = torch.full((n_sys, max_m, 3), -1e10, dtype=dtype, device=dev)
+    local_image = torch.arange(others.shape[0], device=dev) - image_first[images.system]
+    padded_others[images.system, local_image] = others
 
-    # padding sits far away, with opposite signs so padding never pairs with padding
-    centers = torch.full((n_sys, max_n, 3), 1e10, dtype=dtype, device=dev)
-    local_atom = torch.arange(batch.positions.shape[0], device=dev) - atom_first[batch.system]
-    centers[batch.system, local_atom] = images.centers
-    others = torch.full((n_sys, max_m, 3), -1e10, dtype=dtype, device=dev)
-    local_image = torch.arange(images.positions.shape[0], device=dev) - image_first[images.system]
-    others[images.system, local_image] = images.positions
-
-    cutoff2 = cutoff * cutoff * (1 + 2e-6)
     chunk = max(1, _DENSE_CHUNK // max(1, n_sys * max_m))
-    found_b, found_a, found_m = [], [], []
+    found_b, found_a, found_m, found_d2 = [], [], [], []
     for start in range(0, max_n, chunk):
-        diff = centers[:, start:start + chunk, None, :] - others[:, None, :, :]
-        close = diff.square().sum(-1) < cutoff2
-        b, a, m = torch.nonzero(close, as_tuple=True)
+        diff = padded_others[:, None, :, :] - padded_centers[:, start:start + chunk, None, :]
+        d2 = diff.square().sum(-1)
+        b, a, m = torch.nonzero(d2 < reach2, as_tuple=True)
         found_b.append(b)
         found_a.append(a + start)
         found_m.append(m)
+        found_d2.append(d2[b, a, m])
     b, a, m = torch.cat(found_b), torch.cat(found_a), torch.cat(found_m)
-    return atom_first[b] + a, image_first[b] + m
+    return atom_first[b] + a, image_first[b] + m, torch.cat(found_d2)
 
 
-def _finish(batch: Batch, images: _Images, center, image, cutoff: float) -> Neighbors:
-    """Image indices to (i, j, S) on the unwrapped positions; exact cutoff."""
-    j = images.atom[image]
-    shift = images.shift[image]
-    if images.periodic:
-        # image of j = r_j - wrap_j·cell + s·cell; center i = r_i - wrap_i·cell
-        shift = shift - images.wrap[j] + images.wrap[center]
-        not_self = (center != j) | (images.shift[image] != 0).any(dim=1)
+def _search_cells(batch: Batch, images: _Images, reach2: float):
+    """Cell-list search: (center, image, d²) of every pair with d² < reach2.
+
+    Images are binned into cells of width w ≈ cutoff/2 on a grid spanning
+    each structure's images, and sorted by cell id = x-major, z fastest, so
+    that the cells of one (x, y) column form one contiguous slice. For an
+    atom at grid coordinates g and a column at offsets (dx, dy), the nearest
+    xy-distance ρ between them bounds the z half-range to h = √(reach² − ρ²);
+    the cells from ⌊g_z − h/w⌋ to ⌊g_z + h/w⌋ of that column are one slice
+    [begin, end) of the sorted images.
+    """
+    positions, centers = images.positions, images.centers
+    device = positions.device
+    n_sys = batch.n_systems
+    reach = math.sqrt(reach2)
+
+    # per-structure grid over its images (centers are among them: the
+    # zero-shift image of an atom is the wrapped atom itself)
+    if n_sys == 1:
+        low, high = positions.amin(0, keepdim=True), positions.amax(0, keepdim=True)
     else:
-        not_self = center != j
-    center, j, shift = center[not_self], j[not_self], shift[not_self]
-    edge_index = torch.stack([center, j])
-    neighbors = Neighbors(edge_index, shift, images.periodic)
-    distance2 = edge_vectors(batch.positions, batch.cell, batch.system, neighbors).square().sum(1)
-    inside = distance2 < cutoff * cutoff
-    if not bool(inside.all()):
-        neighbors = Neighbors(edge_index[:, inside], shift[inside], images.periodic)
-    return neighbors
+        index = images.system.unsqueeze(1).expand(-1, 3)
+        low = positions.new_full((n_sys, 3), math.inf).scatter_reduce_(0, index, positions, "amin")
+        high = positions.new_full((n_sys, 3), -math.inf).scatter_reduce_(0, index, positions, "amax")
+    extent = (high - low).clamp_min(0)
+    width = reach / _CELLS_PER_CUTOFF
+    while True:  # sparse structures (few atoms spread wide) get coarser cells
+        dims = torch.floor(extent / width).long() + 1  # [B, 3]
+        n_cells = dims.prod(1)
+        total_cells = int(n_cells.sum())
+        if total_cells <= 8 * positions.shape[0] + 4096:
+            break
+        width *= 2
+    columns = math.ceil(reach / width)  # neighbor columns on each side
+    first_cell = torch.cumsum(n_cells, 0) - n_cells  # [B]
+    stride_x = dims[:, 1] * dims[:, 2]  # [B]
+
+    def cell_of(grid, system):
+        g = torch.minimum(grid.long().clamp_min(0), _per_atom(dims, system) - 1)
+        base = _per_atom(first_cell, system) + g[:, 0] * _per_atom(stride_x, system)
+        return g, base + g[:, 1] * _per_atom(dims[:, 2], system) + g[:, 2]
+
+    _, image_cell = cell_of(torch.floor((positions - _per_atom(low, images.system)) / width),
+                            images.system)
+    order = torch.argsort(image_cell)
+    # one contiguous vector per axis: 1-D gathers are the fast path
+    sorted_x, sorted_y, sorted_z = positions.index_select(0, order).t().contiguous()
+    center_x, center_y, center_z = centers.t().contiguous()
+    slice_start = torch.zeros(total_cells + 1, dtype=torch.long, device=device)
+    slice_start[1:] = torch.cumsum(torch.bincount(image_cell, minlength=total_cells), 0)
+
+    # the columns an atom visits: offsets along x and y, handled separately
+    # per axis ([N, 2, W]) and combined by broadcasting ([N, W, W])
+    system = batch.system
+    n_atoms = centers.shape[0]
+    grid = (centers - _per_atom(low, system)) / width  # [N, 3], in cell widths
+    cell, _ = cell_of(torch.floor(grid), system)
+    within = (grid - cell)[:, :2, None]  # [N, 2, 1], position inside its cell, 0..1
+    offsets = torch.arange(-columns, columns + 1, device=device)  # [W]
+    dims_atom = _per_atom(dims, system)
+    column_xy = cell[:, :2, None] + offsets  # [N, 2, W]
+    exists = (column_xy >= 0) & (column_xy < dims_atom[:, :2, None])
+    # distance (in cell widths) from the atom to the nearest face of each column
+    gap = (offsets - within).clamp_min(0) + (within - offsets - 1).clamp_min(0)
+    gap2 = torch.where(exists, gap.square(), math.inf)
+    half_height2 = reach2 / width**2 - gap2[:, 0, :, None] - gap2[:, 1, None, :]  # [N, W, W]
+    visit = half_height2 >= 0
+    half_height = half_height2.clamp_min(0).sqrt()
+    z = grid[:, 2, None, None]
+    z_low = torch.floor(z - half_height).long().clamp_min(0)
+    z_high = torch.minimum(torch.floor(z + half_height).long(), dims_atom[:, 2, None, None] - 1)
+    column_xy = torch.minimum(column_xy.clamp_min(0), dims_atom[:, :2, None] - 1)
+    column_x = (_per_atom(first_cell, system)[:, None] + column_xy[:, 0] * _per_atom(stride_x, system)[:, None])
+    column = column_x[:, :, None] + (column_xy[:, 1] * dims_atom[:, 2, None])[:, None, :]  # [N, W, W]
+    begin = slice_start[column + z_low].reshape(n_atoms, -1)  # [N, K]: slice of sorted images
+    end = slice_start[column + z_high + 1].reshape(n_atoms, -1)
+    count = torch.where(visit.reshape(n_atoms, -1), end - begin, 0)
+
+    per_atom = count.sum(1)  # [N]
+    cumulative = torch.cumsum(per_atom, 0)
+    n_candidates = int(cumulative[-1]) if n_atoms else 0
+    if n_candidates <= _CELL_CHUNK:
+        bounds, cum = [0, n_atoms], [0] * n_atoms + [n_candidates]
+    else:  # chunks of about _CELL_CHUNK candidates, whole atoms each
+        targets = torch.arange(_CELL_CHUNK, n_candidates, _CELL_CHUNK, device=device)
+        ends = torch.searchsorted(cumulative, targets, right=True).tolist()
+        bounds = sorted({0, n_atoms, *[min(e, n_atoms) for e in ends]})
+        cum = [0] + cumulative.tolist()
+
+    found_center, found_image, found_d2 = [], [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        n = cum[b] - cum[a]
+        if n == 0:
+            continue
+        # sorted image index of each candidate: a running count (cumsum of
+        # steps of 1) that jumps to the begin of each non-empty slice
+        counts = count[a:b].reshape(-1)
+        slices = torch.nonzero(counts).squeeze(1)
+        length = counts.index_select(0, slices)
+        first = begin[a:b].reshape(-1).index_select(0, slices)
+        step = torch.ones(n, dtype=torch.long, device=device)
+        jump = first.clone()
+        jump[1:] -= first[:-1] + length[:-1] - 1
+        step.index_copy_(0, torch.cumsum(length, 0) - length, jump)
+        candidate = torch.cumsum(step, 0)
+        # center of each candidate: a + how many later atoms have started by then
+        atom_start = torch.cumsum(per_atom[a:b], 0)[:-1]
+        atom_start = atom_start[atom_start < n]
+        mark = torch.zeros(n, dtype=torch.long, device=device)
+        mark.index_put_((atom_start,), torch.ones_like(atom_start), accumulate=True)
+        center = torch.cumsum(mark, 0).add_(a)
+        d = sorted_x.index_select(0, candidate).sub_(center_x.index_select(0, center))
+        d2 = d.square_()
+        d = sorted_y.index_select(0, candidate).sub_(center_y.index_select(0, center))
+        d2.addcmul_(d, d)
+        d = sorted_z.index_select(0, candidate).sub_(center_z.index_select(0, center))
+        d2.addcmul_(d, d)
+        close = torch.nonzero(d2 < reach2).squeeze(1)
+        found_center.append(center.index_select(0, close))
+        found_image.append(candidate.index_select(0, close))
+        found_d2.append(d2.index_select(0, close))
+    if not found_center:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty, positions.new_zeros(0)
+    if len(found_center) == 1:
+        center, candidate, d2 = found_center[0], found_image[0], found_d2[0]
+    else:
+        center, candidate, d2 = torch.cat(found_center), torch.cat(found_image), torch.cat(found_d2)
+    return center, order.index_select(0, candidate), d2
+
+
+def _finish(batch: Batch, images: _Images, center, image, d2, cutoff: float, margin: float) -> Neighbors:
+    """Candidate (center, image, d²) to exact (i, j, S) on the unwrapped positions.
+
+    d² was computed from wrapped centers and images; pairs within ``margin``
+    of the cutoff are decided again with :func:`edge_vectors`, the formula
+    the models use, so the result is exactly "distance < cutoff" there.
+    """
+    cutoff2 = cutoff * cutoff
+    inside = (d2 < cutoff2 - margin) & (d2 != 0)
+    n_zero = d2.numel() - int(torch.count_nonzero(d2))
+    if n_zero != batch.positions.shape[0]:
+        # more zero distances than self pairs: distinct atoms (or images) coincide
+        zero = torch.nonzero(d2 == 0).squeeze(1)
+        not_self = image[zero] != images.self_image[center[zero]]
+        inside[zero[not_self]] = True
+    border = torch.nonzero(d2 >= cutoff2 - margin).squeeze(1)  # candidates are all < cutoff2 + margin
+    if border.numel():
+        exact = _edges(images, center[border], image[border], batch.positions.device)
+        exact_d2 = edge_vectors(batch.positions, batch.cell, batch.system, exact).square().sum(1)
+        inside[border] = exact_d2 < cutoff2
+    keep = torch.nonzero(inside).squeeze(1)
+    return _edges(images, center.index_select(0, keep), image.index_select(0, keep),
+                  batch.positions.device)
+
+
+def _edges(images: _Images, center: torch.Tensor, image: torch.Tensor, device) -> Neighbors:
+    j = images.atom.index_select(0, image)
+    if not images.periodic:
+        return Neighbors(torch.stack([center, j]), torch.zeros((center.shape[0], 3), dtype=torch.long,
+                                                               device=device), False)
+    # image of j = r_j + shift·cell (shift stored relative to the unwrapped r_j);
+    # center i = r_i − wrap_i·cell
+    shift = images.shift.index_select(0, image)
+    if images.wrap is not None:
+        shift = shift + images.wrap.index_select(0, center)
+    return Neighbors(torch.stack([center, j]), shift, True)
