@@ -304,3 +304,30 @@ def test_cuda_batch_equals_single_calls(model):
         single = calc.calculate_batch([atoms])[0]
         assert result["energy"] == pytest.approx(single["energy"], abs=1e-9)
         np.testing.assert_allclose(result["forces"], single["forces"], atol=1e-10)
+
+
+# -- ASE machinery as the oracle ----------------------------------------------------------------
+def test_variable_cell_relaxation_follows_ase_lennard_jones():
+    # positions and cell change on every step (stress, cell and neighbor
+    # updates): the BFGS path must be the one ASE's own LJ produces (UnitCellFilter:
+    # FrechetCellFilter's expm/logm are slow when BLAS threads oversubscribe)
+    from ase.build import bulk
+    from ase.calculators.lj import LennardJones as AseLennardJones
+    from ase.filters import UnitCellFilter
+    from ase.optimize import BFGS
+
+    from ase_mlff.models import LennardJones
+
+    finals = []
+    for calc in (AseLennardJones(epsilon=0.0104, sigma=3.4, rc=8.0, ro=6.0, smooth=True),
+                 calculator(LennardJones(["Ar"], 0.0104, 3.4, cutoff=8.0, onset=6.0))):
+        atoms = bulk("Ar", "fcc", a=5.0, cubic=True)
+        atoms.rattle(0.05, seed=1)
+        atoms.calc = calc
+        optimizer = BFGS(UnitCellFilter(atoms), logfile=None)
+        optimizer.run(fmax=1e-6, steps=12)  # a fixed number of steps: the path, not convergence
+        finals.append((atoms.get_potential_energy(), atoms.cell.array.copy()))
+    (energy_ase, cell_ase), (energy, cell) = finals
+    assert np.abs(cell_ase - bulk("Ar", "fcc", a=5.0, cubic=True).cell.array).max() > 0.05  # it moved
+    assert energy == pytest.approx(energy_ase, abs=1e-12)  # float64 both sides
+    np.testing.assert_allclose(cell, cell_ase, atol=1e-9)
