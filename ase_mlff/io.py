@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import torch
 
 from ._version import __version__
 from .batch import dtype_name
-from .models import Potential, get_architecture
+from .models import ARCHITECTURES, Potential, get_architecture
 from .units import energy_factor, length_factor
 
 FORMAT = "ase-mlff-model"
@@ -48,6 +49,12 @@ def save_model(model: Potential, path: str | os.PathLike, metadata: dict | None 
     """
     if not isinstance(model, Potential):
         raise TypeError(f"save_model needs an ase_mlff Potential, got {type(model).__name__}")
+    if ARCHITECTURES.get(model.architecture) is not type(model):
+        raise ValueError(
+            f"cannot save a {type(model).__name__}: its architecture name {model.architecture!r} "
+            f"is not in ase_mlff.models.ARCHITECTURES ({sorted(ARCHITECTURES)}), so the file could "
+            "not be loaded again; add the class to ARCHITECTURES first"
+        )
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another name or pass overwrite=True")
@@ -121,7 +128,7 @@ def read_model_record(path: str | os.PathLike) -> dict:
     except Exception as error:  # torch raises many types for non-torch or unsafe files
         raise ValueError(
             f"{path} is not an ase-mlff model file (torch.load with weights_only=True failed: "
-            f"{str(error).splitlines()[0][:200]}); model files are written by ase_mlff.save_model "
+            f"{_first_line(error)}); model files are written by ase_mlff.save_model "
             "or 'mlff-md train'"
         ) from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
@@ -137,6 +144,12 @@ def read_model_record(path: str | os.PathLike) -> dict:
             f"version {FORMAT_VERSION}: upgrade ase-mlff (pip install -U ase-mlff)"
         )
     return record
+
+
+def _first_line(error: Exception) -> str:
+    """First line of an exception message, without terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    return (text.splitlines() or [type(error).__name__])[0][:200]
 
 
 def model_from_record(record: dict, source: str = "<record>") -> Potential:

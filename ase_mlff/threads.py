@@ -23,6 +23,11 @@ import os
 import torch
 
 
+# torch's own choice, read before anyone (a calculator, a test) changes it, so
+# that the default does not ratchet down after one calculator asked for 1.
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
+
 def available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -40,7 +45,7 @@ def default_threads() -> int:
         if value < 1:
             raise ValueError(f"MLFF_NUM_THREADS must be a positive integer, got {env!r}")
         return value
-    return max(1, min(torch.get_num_threads(), available_cores()))
+    return max(1, min(_TORCH_DEFAULT_THREADS, available_cores()))
 
 
 def set_threads(num_threads: int | None = None) -> int:

@@ -11,6 +11,10 @@ from __future__ import annotations
 import copy
 import json
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -280,6 +284,27 @@ def test_thread_variable_and_argument_are_applied(monkeypatch, restore_threads):
     assert calc.num_threads == 1 and torch.get_num_threads() == 1
     with pytest.raises(ValueError, match="num_threads must be at least 1, got 0"):
         MLFFCalculator(make_model("lennard_jones", ("Ar",)), device="cpu", num_threads=0)
+
+
+def test_default_threads_do_not_ratchet_down():
+    """A calculator that asked for one thread must not lower the next one's default.
+
+    Run in a fresh interpreter: this test session pins torch to one thread.
+    """
+    script = (
+        "import torch; from ase_mlff import MLFFCalculator; from ase_mlff.models import LennardJones\n"
+        "from ase_mlff.threads import default_threads, available_cores\n"
+        "first = default_threads()\n"
+        "MLFFCalculator(LennardJones(['Ar']), device='cpu', num_threads=1)\n"
+        "print(first, default_threads(), available_cores(), torch.get_num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFF_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    first, later, cores, now = map(int, out.stdout.split())
+    if cores < 2:
+        pytest.skip("one core: every default is 1, nothing to ratchet")
+    assert now == 1  # the argument was applied
+    assert later == first >= 2
 
 
 # -- CUDA ---------------------------------------------------------------------------------

@@ -57,6 +57,17 @@ def test_float32_model_keeps_its_dtype_and_reference(tmp_path):
     assert read_model_record(tmp_path / "m32.pt")["dtype"] == "float32"
     assert loaded.element_energy.dtype == torch.float64
     assert loaded.energy_reference() == model.energy_reference()  # float64 values, bit for bit
+    # scale and shift keep float64 storage too (a shift of ~10^2 eV would lose 1e-5 eV in float32)
+    assert loaded.scale.dtype == loaded.shift.dtype == torch.float64
+
+
+def test_unregistered_architecture_is_refused_before_writing(tmp_path):
+    class Custom(SchNet):
+        architecture = "my_schnet"
+
+    with pytest.raises(ValueError, match="'my_schnet' is not in ase_mlff.models.ARCHITECTURES"):
+        save_model(Custom(["H"], n_features=8, n_interactions=1), tmp_path / "custom.pt")
+    assert not (tmp_path / "custom.pt").exists()
 
 
 _FRESH_PROCESS = """

@@ -80,9 +80,13 @@ class Potential(nn.Module):
         # Reference energies stay float64 whatever dtype the network runs in:
         # they are ~10^3 eV per atom, where float32 steps are ~0.1 meV, and
         # the total energy of an NVE run must be resolved far below that.
-        reference = self.element_energy
+        # scale and shift are kept in float64 too; as 0-d tensors they do not
+        # promote the float32 network output they multiply.
+        kept = {name: getattr(self, name) for name in ("element_energy", "scale", "shift")}
         super()._apply(fn, recurse)
-        self.element_energy = reference.to(device=self.scale.device, dtype=torch.float64)
+        device = self.species_index.device
+        for name, value in kept.items():
+            setattr(self, name, value.to(device=device, dtype=torch.float64))
         return self
 
     # -- what subclasses provide ---------------------------------------------------
