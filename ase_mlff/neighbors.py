@@ -199,7 +199,7 @@ def _complete_cell(cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
     may carry zero vectors along its open axes, which are replaced by unit
     vectors orthogonal to the periodic ones.
     """
-    dets = torch.linalg.det(cell).abs()
+    dets = _triple_product(cell).abs()
     degenerate = torch.nonzero(dets < 1e-10).flatten().tolist()
     if not degenerate:
         return cell
@@ -226,6 +226,20 @@ def _complete_cell(cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _triple_product(cell: torch.Tensor) -> torch.Tensor:
+    """Signed volumes a·(b×c) of cells [B, 3, 3] (cheaper than linalg.det for 3×3)."""
+    return (cell[:, 0] * torch.linalg.cross(cell[:, 1], cell[:, 2])).sum(-1)
+
+
+def _row_times(rows: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """rows[n] @ matrices[n] for [N, 3] rows and [N or 1, 3, 3] matrices.
+
+    Written out elementwise: for 3×3 products, BLAS calls cost more in
+    dispatch (and thread wake-ups) than the arithmetic.
+    """
+    return (rows.unsqueeze(-1) * matrices).sum(-2)
+
+
 def _per_atom(table: torch.Tensor, system: torch.Tensor) -> torch.Tensor:
     """table[system] for per-structure tensors; a broadcastable view for one structure."""
     return table if table.shape[0] == 1 else table[system]
@@ -242,24 +256,21 @@ def _periodic_images(batch: Batch, cutoff: float) -> _Images:
         return _Images(positions, None, positions, atoms, None, system, atoms, False)
 
     cell = _complete_cell(batch.cell, pbc)
-    inverse = torch.linalg.inv(cell)  # [B, 3, 3]
-    if batch.n_systems == 1:
-        frac = positions @ inverse[0]  # [N, 3]
-    else:
-        frac = torch.bmm(positions.unsqueeze(1), inverse[system]).squeeze(1)
+    # rows b×c, c×a, a×b: their transpose over the volume is the inverse cell
+    # (3×3 by hand: LAPACK's batched inverse costs milliseconds here)
+    cross = torch.linalg.cross(cell[:, [1, 2, 0]], cell[:, [2, 0, 1]])  # [B, 3, 3]
+    signed_volume = (cell[:, 0] * cross[:, 0]).sum(-1)  # [B]
+    inverse = cross.transpose(1, 2) / signed_volume[:, None, None]  # [B, 3, 3]
+    frac = _row_times(positions, _per_atom(inverse, system))  # [N, 3]
     pbc_atom = _per_atom(pbc, system)  # [N or 1, 3]
     wrap = torch.where(pbc_atom, torch.floor(frac), torch.zeros_like(frac))
     frac = frac - wrap
-    if batch.n_systems == 1:
-        centers = positions - wrap @ batch.cell[0]
-    else:
-        centers = positions - torch.bmm(wrap.unsqueeze(1), batch.cell[system]).squeeze(1)
+    centers = positions - _row_times(wrap, _per_atom(batch.cell, system))
 
     # plane spacing d_k = V / |a_l x a_m|: an image further than cutoff/d_k
     # (in fractional units) from the cell along a periodic axis k cannot
     # reach any atom inside it. The margin covers rounding of the search.
-    cross = torch.linalg.cross(cell[:, [1, 2, 0]], cell[:, [2, 0, 1]])  # [B,3,3]
-    volume = torch.linalg.det(cell).abs().unsqueeze(1)
+    volume = signed_volume.abs().unsqueeze(1)
     reach = (cutoff * (1 + 1e-6)) * cross.norm(dim=2) / volume  # [B, 3], fractional
     reach = torch.where(pbc, reach, torch.zeros_like(reach))
     n_max = torch.ceil(reach).long().amax(0).tolist()  # images per axis, whole batch

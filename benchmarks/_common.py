@@ -107,6 +107,7 @@ def machine() -> str:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
     return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
-            f"{cores} cores, {gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"{cores} cores{load}, {gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"python {platform.python_version()}")
