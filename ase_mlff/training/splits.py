@@ -125,6 +125,10 @@ def save_split(split: Split, path: str | os.PathLike, extra: dict | None = None)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(handle, "w") as stream:
         json.dump(record, stream, indent=1)
+    # mkstemp makes the file private (0600); a split file is an ordinary document
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
     return path
 
