@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 DATA=${1:-../../shared/data/ethanol_rmd17_train.extxyz.gz}
 mlff-md train "$DATA" --arch schnet --features 32 --interactions 2 --output walkthrough.pt \
     --split-tag rmd17_splits:train01:test01 --n-train 200 --n-val 50 --val-block 10 \
-    --lr 2e-3 --epochs 40 --max-time 4 --overwrite
+    --lr 2e-3 --epochs 300 --max-time 3 --overwrite
 mlff-md info walkthrough.pt
 mlff-md eval walkthrough.pt "$DATA" --subset test --plot walkthrough_parity.png
 mlff-md run ethanol.xyz -m walkthrough.pt --ensemble nve --steps 2000 --seed 1 \
