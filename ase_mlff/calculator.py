@@ -62,8 +62,10 @@ class MLFFCalculator(Calculator):
             )
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
+        self.num_threads = None  # CUDA: torch's CPU pool is not ours to size
         if self.device.type == "cpu":
             self.num_threads = set_threads(num_threads)
+        self._requested_threads = num_threads
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)  # forces need dE/dr, never dE/dweights
@@ -175,6 +177,8 @@ class MLFFCalculator(Calculator):
     def _make_batch(self, structures: Atoms | Sequence[Atoms]) -> Batch:
         batch = atoms_to_batch(structures, dtype=self.dtype, device=self.device)
         self.model.check_numbers(torch.unique(batch.numbers).tolist())
+        if self.device.type == "cpu":  # size-aware default: see ase_mlff.threads
+            self.num_threads = set_threads(self._requested_threads, n_atoms=batch.positions.shape[0])
         return batch
 
     def _batch_for(self, atoms: Atoms, system_changes) -> Batch:

@@ -1,19 +1,22 @@
 """CPU thread settings: the one knob, chosen deliberately.
 
-PyTorch sizes its intra-op pool from the cores it can see, which inside
-containers and batch jobs is often more than the cores the process may use;
-oversubscribed threads spin and wait on each other, and a small system (a
-9-atom molecule, a few hundred tiny kernels per MD step) then runs many times
-slower than on one thread. ase-mlff therefore sets the pool once, when a
-calculator is created:
+PyTorch sizes its intra-op pool from the cores it can see. A small system
+(a 9-atom molecule: a few hundred kernels of a few hundred numbers per MD
+step) gains nothing from a second thread, and when another process holds
+the cores (a second job, a training run, a container that shows more cores
+than it grants), the pool's threads spin and wait on each other: we measured
+a 9-atom step going from 4.8 ms on one thread to 83 ms on two, on a busy
+2-core machine. Large systems do gain from every core. So:
 
 * ``num_threads`` argument of :class:`~ase_mlff.MLFFCalculator` (or
-  ``mlff-md run --threads``), else
-* the ``MLFF_NUM_THREADS`` environment variable, else
-* the number of cores this process is allowed to run on (``os.sched_getaffinity``),
-  never more than torch's own default.
+  ``mlff-md run --threads``), if given; else
+* the ``MLFF_NUM_THREADS`` environment variable, if set; else
+* **one thread** for structures (or batches) under :data:`SMALL_SYSTEM_ATOMS`
+  atoms, and the cores this process may run on (``os.sched_getaffinity``,
+  never more than torch's own default) for larger ones.
 
-Both default choices are measured in ``benchmarks/threads.py``.
+The calculator applies the size rule whenever it sees a new structure. The
+choice is measured in ``benchmarks/threads.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import os
 
 import torch
 
+#: below this many atoms per model call, the default is a single thread
+SMALL_SYSTEM_ATOMS = 500
 
 # torch's own choice, read before anyone (a calculator, a test) changes it, so
 # that the default does not ratchet down after one calculator asked for 1.
@@ -35,22 +40,32 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_threads() -> int:
+def _env_threads() -> int | None:
     env = os.environ.get("MLFF_NUM_THREADS")
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            raise ValueError(f"MLFF_NUM_THREADS must be a positive integer, got {env!r}") from None
-        if value < 1:
-            raise ValueError(f"MLFF_NUM_THREADS must be a positive integer, got {env!r}")
-        return value
+    if not env:
+        return None
+    try:
+        value = int(env)
+    except ValueError:
+        raise ValueError(f"MLFF_NUM_THREADS must be a positive integer, got {env!r}") from None
+    if value < 1:
+        raise ValueError(f"MLFF_NUM_THREADS must be a positive integer, got {env!r}")
+    return value
+
+
+def default_threads(n_atoms: int | None = None) -> int:
+    """Threads for a model call on ``n_atoms`` atoms (None: size unknown, all cores)."""
+    env = _env_threads()
+    if env is not None:
+        return env
+    if n_atoms is not None and n_atoms < SMALL_SYSTEM_ATOMS:
+        return 1
     return max(1, min(_TORCH_DEFAULT_THREADS, available_cores()))
 
 
-def set_threads(num_threads: int | None = None) -> int:
+def set_threads(num_threads: int | None = None, n_atoms: int | None = None) -> int:
     """Set torch's intra-op threads (None: :func:`default_threads`); returns the count used."""
-    n = default_threads() if num_threads is None else int(num_threads)
+    n = default_threads(n_atoms) if num_threads is None else int(num_threads)
     if n < 1:
         raise ValueError(f"num_threads must be at least 1, got {num_threads}")
     if torch.get_num_threads() != n:

@@ -286,25 +286,48 @@ def test_thread_variable_and_argument_are_applied(monkeypatch, restore_threads):
         MLFFCalculator(make_model("lennard_jones", ("Ar",)), device="cpu", num_threads=0)
 
 
-def test_default_threads_do_not_ratchet_down():
-    """A calculator that asked for one thread must not lower the next one's default.
+def test_explicit_threads_and_the_variable_win_over_the_size_rule(monkeypatch, restore_threads):
+    from ase.build import bulk
+
+    monkeypatch.delenv("MLFF_NUM_THREADS", raising=False)
+    model = make_model("lennard_jones", ("Ar",))
+    small = bulk("Ar", "fcc", a=5.26, cubic=True)  # 4 atoms: the size rule says 1
+    explicit = MLFFCalculator(model, device="cpu", num_threads=2)
+    explicit.get_potential_energy(small)
+    assert explicit.num_threads == torch.get_num_threads() == 2
+    monkeypatch.setenv("MLFF_NUM_THREADS", "2")
+    from_env = MLFFCalculator(model, device="cpu")
+    from_env.get_potential_energy(small)
+    assert from_env.num_threads == torch.get_num_threads() == 2
+
+
+def test_thread_defaults_in_a_fresh_interpreter():
+    """Size rule (small: 1 thread, large: the cores) and no ratchet after a 1-thread calculator.
 
     Run in a fresh interpreter: this test session pins torch to one thread.
     """
     script = (
-        "import torch; from ase_mlff import MLFFCalculator; from ase_mlff.models import LennardJones\n"
-        "from ase_mlff.threads import default_threads, available_cores\n"
+        "import torch; from ase.build import bulk; from ase_mlff import MLFFCalculator\n"
+        "from ase_mlff.models import LennardJones\n"
+        "from ase_mlff.threads import default_threads, available_cores, SMALL_SYSTEM_ATOMS\n"
         "first = default_threads()\n"
         "MLFFCalculator(LennardJones(['Ar']), device='cpu', num_threads=1)\n"
-        "print(first, default_threads(), available_cores(), torch.get_num_threads())\n"
+        "later = default_threads()\n"
+        "calc = MLFFCalculator(LennardJones(['Ar'], sigma=3.4, cutoff=6.0), device='cpu')\n"
+        "small = bulk('Ar', 'fcc', a=5.26, cubic=True); large = small.repeat(6)\n"
+        "assert len(small) < SMALL_SYSTEM_ATOMS <= len(large)\n"
+        "calc.get_potential_energy(small); on_small = torch.get_num_threads()\n"
+        "calc.get_potential_energy(large); on_large = torch.get_num_threads()\n"
+        "print(first, later, available_cores(), on_small, on_large)\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("MLFF_NUM_THREADS", "OMP_NUM_THREADS")}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
-    first, later, cores, now = map(int, out.stdout.split())
+    first, later, cores, on_small, on_large = map(int, out.stdout.split())
     if cores < 2:
-        pytest.skip("one core: every default is 1, nothing to ratchet")
-    assert now == 1  # the argument was applied
-    assert later == first >= 2
+        pytest.skip("one core: every default is 1")
+    assert later == first >= 2  # a 1-thread calculator did not lower the default
+    assert on_small == 1
+    assert on_large == first
 
 
 # -- CUDA ---------------------------------------------------------------------------------
