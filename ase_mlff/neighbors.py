@@ -183,10 +183,11 @@ class _Images:
     """Periodic copies of the (wrapped) atoms that can lie within the cutoff."""
 
     centers: torch.Tensor  # [n_atoms, 3] Å, positions wrapped into the cell
-    wrap: torch.Tensor | None  # [n_atoms, 3] int64: positions = centers + wrap @ cell; None if all 0
+    wrap: torch.Tensor | None  # [n_atoms, 3] integer: positions = centers + wrap @ cell; None if all 0
     positions: torch.Tensor  # [n_images, 3] Å
     atom: torch.Tensor  # [n_images] index of the atom each image copies
-    shift: torch.Tensor | None  # [n_images, 3] int64, relative to the *unwrapped* atom; None if open
+    shift: torch.Tensor | None  # [n_images, 3] integer (int8 if it fits), relative to the
+    #                             *unwrapped* atom; None if open
     system: torch.Tensor  # [n_images], sorted
     self_image: torch.Tensor  # [n_atoms] index of each atom's zero-shift image
     periodic: bool
@@ -307,6 +308,12 @@ def _periodic_images(batch: Batch, cutoff: float) -> _Images:
     image_shift = shifts[which]
     if any_wrap:  # shifts relative to the unwrapped position r_j = center_j + wrap_j·cell
         image_shift = image_shift - wrap[atom]
+    # the smallest integer type that holds shift + wrap: gathering millions of
+    # int64 triples per edge is the costliest step of a large list otherwise
+    bound = int(image_shift.abs().max()) + (int(wrap.abs().max()) if any_wrap else 0)
+    compact = next(t for t in (torch.int8, torch.int16, torch.int32, torch.long)
+                   if bound < torch.iinfo(t).max)
+    image_shift, wrap = image_shift.to(compact), wrap.to(compact)
     return _Images(centers, wrap if any_wrap else None, image_positions, atom, image_shift,
                    image_system, self_image, True)
 
@@ -554,22 +561,30 @@ def _finish(batch: Batch, images: _Images, center, image, d2, cutoff: float, mar
         inside[zero[not_self]] = True
     border = torch.nonzero(d2 >= cutoff2 - margin).squeeze(1)  # candidates are all < cutoff2 + margin
     if border.numel():
-        exact = _edges(images, center[border], image[border], batch.positions.device)
+        exact = _edges(images, center, image, border)
         exact_d2 = edge_vectors(batch.positions, batch.cell, batch.system, exact).square().sum(1)
         inside[border] = exact_d2 < cutoff2
     keep = torch.nonzero(inside).squeeze(1)
-    return _edges(images, center.index_select(0, keep), image.index_select(0, keep),
-                  batch.positions.device)
+    return _edges(images, center, image, keep)
 
 
-def _edges(images: _Images, center: torch.Tensor, image: torch.Tensor, device) -> Neighbors:
-    j = images.atom.index_select(0, image)
+def _edges(images: _Images, center: torch.Tensor, image: torch.Tensor,
+           keep: torch.Tensor | None = None) -> Neighbors:
+    """Neighbors of the (center, image) pairs, or of those selected by ``keep``."""
+    n_edges = center.shape[0] if keep is None else keep.shape[0]
+    edge_index = torch.empty((2, n_edges), dtype=torch.long, device=center.device)
+    if keep is None:
+        edge_index[0] = center
+    else:
+        torch.index_select(center, 0, keep, out=edge_index[0])
+        image = image.index_select(0, keep)
+    torch.index_select(images.atom, 0, image, out=edge_index[1])
     if not images.periodic:
-        return Neighbors(torch.stack([center, j]), torch.zeros((center.shape[0], 3), dtype=torch.long,
-                                                               device=device), False)
+        return Neighbors(edge_index, torch.zeros((n_edges, 3), dtype=torch.long, device=center.device),
+                         False)
     # image of j = r_j + shift·cell (shift stored relative to the unwrapped r_j);
     # center i = r_i − wrap_i·cell
     shift = images.shift.index_select(0, image)
     if images.wrap is not None:
-        shift = shift + images.wrap.index_select(0, center)
-    return Neighbors(torch.stack([center, j]), shift, True)
+        shift += images.wrap.index_select(0, edge_index[0])
+    return Neighbors(edge_index, shift.long(), True)
