@@ -77,6 +77,16 @@ def test_extxyz_reader_keeps_labels_and_tags():
     assert "train01" in data.info[0]["rmd17_splits"]
 
 
+@pytest.mark.parametrize("suffix", [".traj", ".db"])
+def test_ase_trajectory_and_database(tmp_path, suffix):
+    frames = read(ETHANOL, index=":3")
+    path = tmp_path / f"frames{suffix}"
+    write(path, frames)
+    data = read_dataset(path)
+    np.testing.assert_array_equal(data.energy, [a.get_potential_energy() for a in frames])
+    np.testing.assert_array_equal(data.forces[2], frames[2].get_forces())
+
+
 @pytest.mark.parametrize("layout", [("R", "E", "F", "z"), ("coords", "energies", "forces", "nuclear_charges")])
 def test_npz_layouts_in_kcal_per_mol(tmp_path, layout):
     reference = read_dataset(ETHANOL, index=":5")
