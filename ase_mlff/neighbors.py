@@ -56,6 +56,8 @@ BACKENDS = ("auto", "torch-cluster", "torch")
 # Up to this many (atom, image) pairs, comparing them all beats binning
 # (crossover measured in benchmarks/neighbors.py).
 _DENSE_PAIRS_LIMIT = 20_000
+# ... and for batches, up to this many pairs in each structure's block.
+_DENSE_BLOCK_LIMIT = 4096
 # Elements of the largest distance block the dense search builds at once.
 _DENSE_CHUNK = 4_000_000
 # Cells per cutoff along each axis of the cell list: narrower cells visit
@@ -146,7 +148,7 @@ class NeighborList:
             if self.backend == "torch-cluster":
                 center, image = self._search_cluster(batch, images, math.sqrt(reach2))
                 d2 = (images.positions[image] - images.centers[center]).square().sum(1)
-            elif _dense_pair_count(batch, images) <= _DENSE_PAIRS_LIMIT:
+            elif _dense_is_cheaper(batch, images):
                 center, image, d2 = _search_dense(batch, images, reach2)
             else:
                 center, image, d2 = _search_cells(batch, images, reach2)
@@ -333,11 +335,20 @@ def _rounding_margin(batch: Batch, cutoff: float) -> float:
     return 64 * eps * (cutoff * largest + cutoff**2)
 
 
-def _dense_pair_count(batch: Batch, images: _Images) -> int:
+def _dense_is_cheaper(batch: Batch, images: _Images) -> bool:
+    """Whether comparing all (atom, image) pairs beats the cell list (measured crossovers).
+
+    The dense search pads every structure to the largest, so its cost is
+    n_structures × max atoms × max images: cheap for one small input, and for
+    many small molecules (a calculate_batch of 512 ethanols: 41k pairs, half
+    the time of the cell list), whose per-structure blocks stay tiny.
+    """
     if batch.n_systems == 1:
-        return batch.positions.shape[0] * images.positions.shape[0]
+        return batch.positions.shape[0] * images.positions.shape[0] <= _DENSE_PAIRS_LIMIT
     n_images = torch.bincount(images.system, minlength=batch.n_systems)
-    return int((batch.n_atoms * n_images).sum())
+    block = int(batch.n_atoms.max()) * int(n_images.max())
+    padded = batch.n_systems * block
+    return padded <= _DENSE_PAIRS_LIMIT or (block <= _DENSE_BLOCK_LIMIT and padded <= _DENSE_CHUNK)
 
 
 def _density_guess(batch: Batch, images: _Images, cutoff: float) -> int:
