@@ -28,8 +28,9 @@ ASE).
 ``backend="torch-cluster"`` replaces the search by torch-cluster's KD-tree
 (``torch_cluster.radius`` with batch vectors, with a cap on neighbors per
 atom that is raised and the search repeated until nothing is cut off). On
-the CPU it is slower than the cell list at every size measured in
-``benchmarks/neighbors.py``, so ``"auto"`` and ``"torch"`` never use it.
+the CPU it was slower than the cell list from 1,536 atoms up in
+``benchmarks/neighbors.py`` (1.3-1.8x on 12k-98k atoms; on a few hundred
+open atoms it was faster), so ``"auto"`` and ``"torch"`` do not use it.
 
 Conventions follow ``ase.neighborlist.neighbor_list("ijS")``: for an edge
 (i, j, S) the vector is ``positions[j] - positions[i] + S @ cell`` and every
@@ -61,7 +62,8 @@ _DENSE_BLOCK_LIMIT = 4096
 # Elements of the largest distance block the dense search builds at once.
 _DENSE_CHUNK = 4_000_000
 # Cells per cutoff along each axis of the cell list: narrower cells visit
-# fewer candidates but more columns per atom; 2 was fastest on water.
+# fewer candidates (about 2.5 per true pair at 2) but more columns per atom
+# (25 at 2, 9 at 1); 2 is a compromise, not tuned further.
 _CELLS_PER_CUTOFF = 2
 # Candidate pairs compared per chunk of the cell list (bounds memory and
 # keeps the working set in cache).
