@@ -7,8 +7,8 @@ Times one force call with new positions (an MD step's worth of model work)
 through ``MLFFCalculator`` with torch's intra-op pool at 1 thread, 2 threads
 and an oversubscribed 8 threads (what torch picks by itself inside a
 container that hides the real core count), plus the calculator's own default
-(``num_threads=None``: ``MLFF_NUM_THREADS``, else the cores this process may
-use). Settings are interleaved round by round so that they see the same
+(``num_threads=None``: ``MLFF_NUM_THREADS``, else one thread below
+``ase_mlff.threads.SMALL_SYSTEM_ATOMS`` atoms and the usable cores above). Settings are interleaved round by round so that they see the same
 background load; the load average is printed with the table, because
 oversubscription hurts most when other processes hold the cores.
 """
@@ -57,13 +57,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer repeats")
     args = parser.parse_args(argv)
-    default = default_threads()
-    cases = [("ethanol, 9 atoms", force_call(ethanol(), ["H", "C", "O"]), 200 if not args.quick else 40),
-             ("water pbc, 1,536 atoms", force_call(water_box(2), ["H", "O"]), 5 if not args.quick else 2)]
-    settings = list(SETTINGS) + ([f"default ({default})"] if default not in SETTINGS else [])
+    small, large = ethanol(), water_box(2)
+    cases = [("ethanol, 9 atoms", force_call(small, ["H", "C", "O"]), len(small), 200 if not args.quick else 40),
+             ("water pbc, 1,536 atoms", force_call(large, ["H", "O"]), len(large), 5 if not args.quick else 2)]
+    settings = list(SETTINGS) + ["default"]
     rounds = 3 if args.quick else 7
     rows = []
-    for name, call, n_calls in cases:
+    for name, call, n_atoms, n_calls in cases:
+        default = default_threads(n_atoms)
         times = {s: [] for s in settings}
         for _ in range(rounds):
             for s in settings:
@@ -74,15 +75,15 @@ def main(argv=None) -> None:
                     call()
                 times[s].append((time.perf_counter() - t0) / n_calls)
         median = {s: statistics.median(v) for s, v in times.items()}
-        rows.append([name] + [fmt_ms(median[s]) for s in settings]
+        rows.append([name] + [fmt_ms(median[s]) + (f" ({default})" if s == "default" else "")
+                              for s in settings]
                     + [fmt_ratio(median[s] / median[1]) for s in settings if s != 1])
         print(f"# done {name}", flush=True)
     set_threads()
-    header = ["system"] + [f"{s} thread{'s' if s != 1 else ''}" if not isinstance(s, str) else s
-                           for s in settings]
+    header = ["system"] + [f"{s} thread{'s' if s != 1 else ''}" if not isinstance(s, str)
+                           else "calculator default (threads)" for s in settings]
     header += [f"{s if isinstance(s, str) else str(s) + ' threads'} ÷ 1 thread" for s in settings if s != 1]
-    print(f"\nOne get_forces call (SchNet 64/3/20, 5 Å, float32), median ms; {machine()}; "
-          f"ase_mlff default here: {default} thread(s)\n")
+    print(f"\nOne get_forces call (SchNet 64/3/20, 5 Å, float32), median ms; {machine()}\n")
     print(table(header, rows))
 
 
