@@ -169,6 +169,14 @@ def test_trainer_refuses_test_elements_the_model_lacks():
         Trainer(data, split, config(), "unused.pt", echo=None)
 
 
+def test_trainer_refuses_a_frame_in_both_train_and_test():
+    data = read_dataset(ETHANOL, index=":8")
+    leaky = data.subset([0, 1, 2, 3, 4, 5, 6, 7, 2])  # frame 8 repeats frame 2
+    with pytest.raises(ValueError, match="training \\+ validation \\+ test .*2=8"):
+        Trainer(leaky, Split(train=[0, 1, 2, 3, 4], val=[5, 6], test=[7, 8]), config(cutoff=5.0),
+                "unused.pt", echo=None)
+
+
 # -- splits ------------------------------------------------------------------------
 
 def test_random_split_reproducible_disjoint_and_saved(tmp_path):

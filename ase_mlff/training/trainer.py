@@ -178,6 +178,9 @@ class Trainer:
         for name, subset in (("validation set", self.val_data), ("test set", self.test_data)):
             if subset is not None:
                 check_dataset(subset, species, name)
+        # a geometry in both the training and the test set would leak: check the union too
+        check_dataset(data.subset(split.train + split.val + split.test), species,
+                      "training + validation + test frames")
         if self.val_data is None:
             raise ValueError("the split has no validation frames; the best model is chosen on "
                              "validation, so give --n-val > 0 or a 'val' list in the split file")
