@@ -77,6 +77,7 @@ class MLFFCalculator(Calculator):
         self.parameters.update(model=name, device=str(self.device), dtype=dtype_name(self.dtype),
                                neighbor_backend=neighbor_backend, skin=float(skin))
         self._batch: Batch | None = None
+        self._state: Atoms | None = None  # private copy of the last atoms computed
 
     # -- ASE contract ------------------------------------------------------------
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
@@ -106,15 +107,22 @@ class MLFFCalculator(Calculator):
                   system_changes=tuple(all_changes)) -> None:
         # No call to Calculator.calculate: it would copy the whole Atoms and
         # stat a working directory that this in-process calculator never uses.
+        # ASE's get_property sets self.atoms to None before calling us whenever
+        # anything changed, so the copy we keep lives in self._state: in MD,
+        # where only positions change, it is updated in place instead of
+        # copying the whole Atoms every step.
         if atoms is not None:
-            if self.atoms is not None and list(system_changes) == ["positions"]:
-                self.atoms.arrays["positions"][:] = atoms.arrays["positions"]
+            state = self._state
+            if (state is not None and list(system_changes) == ["positions"]
+                    and len(state) == len(atoms)):
+                state.arrays["positions"][:] = atoms.arrays["positions"]
             else:
-                self.atoms = atoms.copy()
+                state = self._state = atoms.copy()
+            self.atoms = state
         try:
             self._calculate(self.atoms, properties, system_changes)
         except Exception:
-            self.atoms = None  # nothing valid is cached: the next call recomputes
+            self.atoms = self._state = None  # nothing valid is cached: the next call recomputes
             raise
 
     def _calculate(self, atoms: Atoms, properties, system_changes) -> None:

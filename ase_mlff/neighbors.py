@@ -25,12 +25,14 @@ decided with the very formula the models see (:func:`edge_vectors`), so the
 pairs do not depend on the search path (tests compare them pair for pair with
 ASE).
 
-``backend="torch-cluster"`` replaces the search by torch-cluster's KD-tree
-(``torch_cluster.radius`` with batch vectors, with a cap on neighbors per
-atom that is raised and the search repeated until nothing is cut off). On
-the CPU it was slower than the cell list from 1,536 atoms up in
-``benchmarks/neighbors.py`` (1.3-1.8x on 12k-98k atoms; on a few hundred
-open atoms it was faster), so ``"auto"`` and ``"torch"`` do not use it.
+``backend="torch-cluster"`` replaces the search by torch-cluster
+(``torch_cluster.radius`` with batch vectors over the same images, with a cap
+on neighbors per atom that is raised and the search repeated until nothing
+is cut off). ``"auto"`` uses it for tensors on a GPU when it is installed
+(its CUDA kernel is what it is built for). On the CPU its KD-tree was slower
+than the cell list from 1,536 atoms up in ``benchmarks/neighbors.py``
+(1.3-1.8x on 12k-98k atoms; on a few hundred open atoms it was faster), so
+there ``"auto"`` takes the cell list. Every path gives the same pairs.
 
 Conventions follow ``ase.neighborlist.neighbor_list("ijS")``: for an edge
 (i, j, S) the vector is ``positions[j] - positions[i] + S @ cell`` and every
@@ -116,8 +118,10 @@ class NeighborList:
 
     Args:
         cutoff: radius in Å; pairs with distance < cutoff are returned.
-        backend: "auto" or "torch" (the pure-torch search: all pairs for tiny
-            inputs, a cell list beyond), or "torch-cluster" (its KD-tree).
+        backend: "torch" (the pure-torch search: all pairs for tiny inputs, a
+            cell list beyond), "torch-cluster" (its ``radius`` search), or
+            "auto": torch-cluster for tensors on a GPU when it is installed,
+            the pure-torch search on the CPU (faster there; see the module doc).
     """
 
     def __init__(self, cutoff: float, backend: str = "auto"):
@@ -141,13 +145,15 @@ class NeighborList:
     def build(self, batch: Batch) -> Neighbors:
         with torch.no_grad():
             n_atoms = batch.positions.shape[0]
+            use_cluster = self.backend == "torch-cluster" or (
+                self.backend == "auto" and _torch_cluster is not None and batch.positions.is_cuda)
             if (self.backend != "torch-cluster" and batch.n_systems == 1
                     and n_atoms * n_atoms <= _DENSE_PAIRS_LIMIT and not bool(batch.pbc.any())):
                 return _small_molecule(batch.positions, self.cutoff)
             margin = _rounding_margin(batch, self.cutoff)
             reach2 = self.cutoff**2 + margin  # candidates: every pair that might be < cutoff
             images = _periodic_images(batch, math.sqrt(reach2))
-            if self.backend == "torch-cluster":
+            if use_cluster:
                 center, image = self._search_cluster(batch, images, math.sqrt(reach2))
                 d2 = (images.positions[image] - images.centers[center]).square().sum(1)
             elif _dense_is_cheaper(batch, images):

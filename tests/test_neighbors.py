@@ -266,3 +266,18 @@ def test_fcc_coordination_shells():
     for cutoff, expected in [(a / 2**0.5 + 0.1, 12), (a + 0.1, 18), (a * 1.5**0.5 + 0.1, 42)]:
         neighbors = neighbor_list(atoms_to_batch(atoms), cutoff, backend="torch")
         assert neighbors.n_edges == expected
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_cuda_pairs_match_ase(backend):
+    """On a GPU, "auto" runs torch-cluster's CUDA radius (when installed); both match ASE."""
+    structures = [water(0), molybdenum(0), silicon(1), ethanol(0)]
+    for dtype in (torch.float64, torch.float32):
+        batch = atoms_to_batch(structures, dtype=dtype, device="cuda")
+        neighbors = neighbor_list(batch, 5.0, backend=backend)
+        assert neighbors.edge_index.is_cuda
+        if dtype == torch.float64:  # float32 may differ by pairs within rounding of the cutoff
+            assert our_pairs(neighbors) == ase_pairs(structures, 5.0)
+        else:
+            assert abs(neighbors.n_edges - len(ase_pairs(structures, 5.0))) <= 4
