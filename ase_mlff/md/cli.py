@@ -82,7 +82,10 @@ def _calculator(model: str | None, numbers, device: str, dtype: str, threads: in
 def _echo_result(result, quiet: bool) -> None:
     if result.status == "completed":
         rate = result.steps_run / result.wall_s if result.wall_s > 0 else float("nan")
-        click.echo(f"{result.message} in {result.wall_s:.1f} s ({rate:.1f} steps/s)")
+        summary, _, note = result.message.partition("\n")
+        if " in " not in summary:
+            summary += f" in {result.wall_s:.1f} s"
+        click.echo(f"{summary} ({rate:.1f} steps/s)" + (f"\n{note}" if note else ""))
     if result.report is not None:
         click.echo(result.report.format())
     click.echo("outputs: " + ", ".join(str(p) for p in result.paths.values()))
