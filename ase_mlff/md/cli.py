@@ -82,10 +82,8 @@ def _calculator(model: str | None, numbers, device: str, dtype: str, threads: in
 def _echo_result(result, quiet: bool) -> None:
     if result.status == "completed":
         rate = result.steps_run / result.wall_s if result.wall_s > 0 else float("nan")
-        summary, _, note = result.message.partition("\n")
-        if " in " not in summary:
-            summary += f" in {result.wall_s:.1f} s"
-        click.echo(f"{summary} ({rate:.1f} steps/s)" + (f"\n{note}" if note else ""))
+        summary, _, note = result.message.partition("\n")  # note: why there is no report
+        click.echo(f"{summary} in {result.wall_s:.1f} s ({rate:.1f} steps/s)" + (f"\n{note}" if note else ""))
     if result.report is not None:
         click.echo(result.report.format())
     click.echo("outputs: " + ", ".join(str(p) for p in result.paths.values()))

@@ -404,7 +404,7 @@ def _finish(sim: _Simulation, status: str, message: str, t_start: float, steps_b
             else:
                 report = temperature_statistics(series["temperature"], settings.temperature_K)
         except ValueError as error:  # too few frames to judge
-            message += f" in {wall:.1f} s\nno report: {error}"
+            message += f"\nno report: {error}"
         if report is not None:
             import h5py
 
