@@ -23,7 +23,6 @@ import copy
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -35,7 +34,7 @@ from .units import energy_factor, length_factor
 
 FORMAT = "ase-mlff-model"
 FORMAT_VERSION = 1
-from .bundled import MODEL_SUFFIX
+from .files import atomic_write
 
 
 def save_model(model: Potential, path: str | os.PathLike, metadata: dict | None = None,
@@ -84,21 +83,7 @@ def save_model(model: Potential, path: str | os.PathLike, metadata: dict | None 
         "package_version": __version__,
         "metadata": merged,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(record, tmp)
-        # mkstemp makes the file private (0600); a model file is an ordinary
-        # document, readable as the user's umask allows
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(record, tmp))
 
 
 def _plain(value):

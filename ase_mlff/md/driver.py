@@ -37,6 +37,7 @@ import numpy as np
 from ase import Atoms
 
 from .. import units
+from ..files import atomic_write
 from .h5 import H5Writer, read_checkpoint
 from .report import DEFAULT_MAX_DRIFT, energy_conservation, temperature_statistics
 from .validate import check_settings, check_structure
@@ -609,8 +610,10 @@ def _truncate_traj(path: Path, step: int, interval: int) -> None:
         if n <= keep:
             return
         frames = [traj[i] for i in range(keep)]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with Trajectory(str(tmp), "w") as out:
-        for atoms in frames:
-            out.write(atoms)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with Trajectory(tmp, "w") as out:
+            for atoms in frames:
+                out.write(atoms)
+
+    atomic_write(path, write)

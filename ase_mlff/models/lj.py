@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
-
 from .base import Potential
 
 

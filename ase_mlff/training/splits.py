@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from ..files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -121,16 +122,7 @@ def save_split(split: Split, path: str | os.PathLike, extra: dict | None = None)
     """Write the split (plus e.g. the data path and hash) as JSON, atomically."""
     path = Path(path)
     record = {**(extra or {}), **split.to_dict()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        json.dump(record, stream, indent=1)
-    # mkstemp makes the file private (0600); a split file is an ordinary document
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
 
 
 def load_split(path: str | os.PathLike) -> Split:

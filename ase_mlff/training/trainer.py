@@ -27,7 +27,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 
 from .._version import __version__
 from ..batch import resolve_device, resolve_dtype
+from ..files import atomic_write
 from ..forces import compute
 from ..io import save_model
 from ..models import Potential, get_architecture
@@ -114,17 +114,6 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
     with torch.no_grad():
         for target, source in zip(ema.parameters(), model.parameters()):
             target.lerp_(source, 1.0 - decay)
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def hardware_description(device: torch.device) -> str:
@@ -270,7 +259,8 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        _atomic_torch_save(self._state(), self.checkpoint)
+        state = self._state()
+        atomic_write(self.checkpoint, lambda tmp: torch.save(state, tmp), private=True)
 
     def load_checkpoint(self) -> None:
         """Continue from ``self.checkpoint`` (same data, split and hyperparameters)."""
@@ -350,7 +340,7 @@ class Trainer:
         self.echo(f"training {config.architecture} on {len(self.split.train)} frames "
                   f"(validation {len(self.split.val)}, test {len(self.split.test)}), "
                   f"{sum(p.numel() for p in self.model.parameters())} parameters, device {self.device}")
-        stopped, best_metrics = "max_epochs", None
+        stopped = "max_epochs"
         try:
             while self.epoch < config.max_epochs:
                 if budget_s is not None and self.elapsed_s + epoch_s > budget_s:
@@ -363,7 +353,7 @@ class Trainer:
                 self.scheduler.step(val_loss)
                 improved = val_loss < self.best_loss
                 if improved:
-                    self.best_loss, self.best_epoch, best_metrics = val_loss, self.epoch, metrics
+                    self.best_loss, self.best_epoch = val_loss, self.epoch
                 epoch_s = time.perf_counter() - tick
                 self.elapsed_s = before + time.perf_counter() - session_start
                 if improved:
