@@ -87,7 +87,9 @@ def test_hdf5_schema_units_and_metadata(tmp_path, ar_files):
         assert np.isfinite(report["drift_meV_per_atom_per_ps"])
         checkpoint = f["checkpoint"]
         assert checkpoint.attrs["step"] == 50
-        np.testing.assert_array_equal(checkpoint["positions"][:], f["frames/positions"][-1])
+        current = checkpoint[checkpoint.attrs["slot"]]
+        assert current.attrs["step"] == 50
+        np.testing.assert_array_equal(current["positions"][:], f["frames/positions"][-1])
 
 
 def test_velocities_in_h5_are_in_angstrom_per_fs(tmp_path, ar_files):

@@ -154,18 +154,27 @@ class H5Writer:
         self._last_flush = time.monotonic()
 
     def _write_checkpoint(self, state: dict) -> None:
+        # Two slots, written in turn. Dataset bytes reach the file at once while
+        # attributes wait in HDF5's metadata cache until a flush, so rewriting
+        # one state in place let a SIGKILL leave new positions under an old
+        # step. The new state goes into the idle slot, which is flushed before
+        # the "slot" pointer moves to it: a kill at any moment leaves one
+        # complete, consistent state.
         group = self.file.require_group("checkpoint")
-        for name in ("positions", "momenta"):
-            data = np.asarray(state[name], dtype=np.float64)
-            if name in group:
-                group[name][...] = data
+        name = "b" if group.attrs.get("slot") == "a" else "a"
+        slot = group.require_group(name)
+        for key, unit in (("positions", "Å"), ("momenta", "ASE (amu·Å/ASE time)")):
+            data = np.asarray(state[key], dtype=np.float64)
+            if key in slot:
+                slot[key][...] = data
             else:
-                group.create_dataset(name, data=data)
-        group["positions"].attrs["units"] = "Å"
-        group["momenta"].attrs["units"] = "ASE (amu·Å/ASE time)"
-        group.attrs["step"] = int(state["step"])
-        group.attrs["rng_state"] = json.dumps(state.get("rng_state"))
-        group.attrs["thermostat"] = json.dumps(state.get("thermostat") or {})
+                slot.create_dataset(key, data=data).attrs["units"] = unit
+        slot.attrs["step"] = int(state["step"])
+        slot.attrs["rng_state"] = json.dumps(state.get("rng_state"))
+        slot.attrs["thermostat"] = json.dumps(state.get("thermostat") or {})
+        self.file.flush()
+        group.attrs["slot"] = name
+        group.attrs["step"] = int(state["step"])  # mirror of the current slot's step, for readers
 
     def set_attrs(self, **attrs) -> None:
         for key, value in attrs.items():
@@ -269,6 +278,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             raise ValueError(f"{path} has no checkpoint (the run wrote no frames before it stopped); "
                              "start a new run instead of --restart")
         group = f["checkpoint"]
+        group = group[group.attrs["slot"]]
         return {
             "step": int(group.attrs["step"]),
             "positions": group["positions"][:],
