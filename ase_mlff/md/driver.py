@@ -231,11 +231,16 @@ class _Simulation:
         dyn.attach(self._log_line, interval=settings.log_interval)
         if self.progress is not None:
             dyn.attach(self._draw, interval=max(1, min(10, settings.steps // 100 or 1)))
+        # last, so that a step whose observers have begun records all its outputs
+        # before a SIGINT/SIGTERM stops the run there
+        dyn.attach(self._stop_if_signalled, interval=1)
 
     # -- observers -----------------------------------------------------------
-    def _check(self) -> None:
+    def _stop_if_signalled(self) -> None:
         if self.stop_signal is not None:
             raise _Stop(self.stop_signal)
+
+    def _check(self) -> None:
         step = self.dyn.nsteps
         results = self.calc.results
         energy = results.get("energy")
