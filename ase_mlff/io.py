@@ -138,9 +138,10 @@ def load_plain(path: str | os.PathLike, what: str, remedy: str, map_location="cp
             f"such objects are never unpickled here because that can run code from the file; {remedy}"
         ) from None
     except (RuntimeError, EOFError, OSError) as error:
+        # the first sentence says what failed; torch's others guess at causes
+        reason = re.split(r"(?<=\.)\s+", _first_line(error))[0]
         raise ValueError(
-            f"{path} is not {what}: it is a truncated or damaged torch archive "
-            f"({_first_line(error)}); {remedy}"
+            f"{path} is not {what}: it is a truncated or damaged torch archive ({reason}); {remedy}"
         ) from None
     except Exception as error:  # torch raises many types for damaged files
         raise ValueError(f"{path} is not {what}: torch.load failed ({_first_line(error)}); {remedy}") from None
@@ -240,6 +241,28 @@ def check_record(record: dict, source: str = "<record>") -> None:
         raise bad("metadata", "a dict")
 
 
+def state_dict_mismatch(module: torch.nn.Module, stored: dict) -> str | None:
+    """How ``stored`` weights fail to fit ``module``, in one line (None when they fit).
+
+    ``load_state_dict`` reports this as many lines listing every tensor.
+    """
+    expected = module.state_dict()
+    not_tensors = [k for k, v in stored.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        return f"{len(not_tensors)} entries are not tensors, e.g. {not_tensors[0]!r}"
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    mismatched = [k for k in expected if k in stored and tuple(stored[k].shape) != tuple(expected[k].shape)]
+    if mismatched:
+        k = mismatched[0]
+        return (f"{len(mismatched)} tensor(s) of another shape, e.g. {k} is {list(stored[k].shape)} "
+                f"in the file but {list(expected[k].shape)} for these hyperparameters")
+    if missing or unexpected:
+        names = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        return f"{names} ({len(missing)} missing, {len(unexpected)} unexpected tensors)"
+    return None
+
+
 def model_from_record(record: dict, source: str = "<record>") -> Potential:
     """Build the module a record describes (the record is checked first: ValueError on bad contents)."""
     check_record(record, source)
@@ -253,19 +276,10 @@ def model_from_record(record: dict, source: str = "<record>") -> Potential:
     except Exception as error:  # a constructor given edited values can raise anything
         raise ValueError(f"{source}: hyperparameters {json.dumps(record['hyperparameters'], default=str)} "
                          f"do not build a {architecture} model ({_first_line(error)}); {_DAMAGED}") from None
-    expected, stored = model.state_dict(), record["state_dict"]
-    missing = sorted(set(expected) - set(stored))
-    unexpected = sorted(set(stored) - set(expected))
-    mismatched = [k for k in expected if k in stored and stored[k].shape != expected[k].shape]
-    if missing or unexpected or mismatched:
-        if mismatched:
-            k = mismatched[0]
-            detail = (f"{len(mismatched)} tensor(s) of another shape, e.g. {k} is {list(stored[k].shape)} "
-                      f"in the file but {list(expected[k].shape)} for these hyperparameters")
-        else:
-            detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-            detail += f" ({len(missing)} missing, {len(unexpected)} unexpected tensors)"
+    detail = state_dict_mismatch(model, record["state_dict"])
+    if detail:
         raise ValueError(f"{source}: weights do not match the architecture: {detail}; {_DAMAGED}")
+    stored = record["state_dict"]
     try:
         model.load_state_dict(stored)
     except RuntimeError as error:

@@ -48,6 +48,9 @@ from .reference import fit_energy_reference
 from .splits import Split
 
 OPTIMIZERS = ("adam", "adamw")
+#: what a checkpoint written by :meth:`Trainer.save_checkpoint` holds
+_CHECKPOINT_KEYS = ("epoch", "best_loss", "best_epoch", "elapsed_s", "data_hash", "config", "split",
+                    "model", "ema", "optimizer", "scheduler")
 
 
 @dataclass
@@ -263,29 +266,56 @@ class Trainer:
         atomic_write(self.checkpoint, lambda tmp: torch.save(state, tmp), private=True)
 
     def load_checkpoint(self) -> None:
-        """Continue from ``self.checkpoint`` (same data, split and hyperparameters)."""
+        """Continue from ``self.checkpoint`` (same data, split and hyperparameters).
+
+        Raises:
+            FileNotFoundError: no checkpoint.
+            ValueError: not a checkpoint (another file, truncated, damaged), or one of
+                another run (data, split, settings or model differ); one line each.
+        """
+        from ..io import FORMAT, load_plain, state_dict_mismatch
+
         if not self.checkpoint.exists():
             raise FileNotFoundError(f"no checkpoint {self.checkpoint} to resume from; "
                                     "start without --resume")
-        state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+        fresh = "start the run again without --resume (with --overwrite)"
+        state = load_plain(self.checkpoint, "an ase-mlff training checkpoint", fresh, map_location=self.device)
+        if isinstance(state, dict) and state.get("format") == FORMAT:
+            raise ValueError(f"{self.checkpoint} is a model file, not a training checkpoint (those are "
+                             f"written next to the model as <model>.ckpt); {fresh}")
+        missing = sorted(set(_CHECKPOINT_KEYS) - set(state)) if isinstance(state, dict) else list(_CHECKPOINT_KEYS)
+        if missing or not isinstance(state["split"], dict) or not isinstance(state["config"], dict):
+            raise ValueError(f"{self.checkpoint} is not an ase-mlff training checkpoint (it lacks "
+                             f"{missing or 'a split and config dict'}); {fresh}")
         if state["data_hash"] != self.data_hash:
             raise ValueError(f"checkpoint {self.checkpoint} was trained on other data "
-                             f"(hash {state['data_hash'][:12]}, this data {self.data_hash[:12]})")
-        if state["split"]["train"] != self.split.train or state["split"]["val"] != self.split.val:
-            raise ValueError(f"checkpoint {self.checkpoint} used another train/validation split")
+                             f"(hash {str(state['data_hash'])[:12]}, this data {self.data_hash[:12]}); "
+                             f"give the same data file or {fresh}")
+        if state["split"].get("train") != self.split.train or state["split"].get("val") != self.split.val:
+            raise ValueError(f"checkpoint {self.checkpoint} used another train/validation split; {fresh}")
         fixed = {k: v for k, v in state["config"].items()
                  if k not in ("max_epochs", "max_time_min", "patience", "device")}
         mine = {k: v for k, v in asdict(self.config).items() if k in fixed}
         if fixed != mine:
-            changed = sorted(k for k in fixed if fixed[k] != mine[k])
+            changed = sorted(k for k in fixed if fixed.get(k) != mine.get(k))
             raise ValueError(f"checkpoint {self.checkpoint} was trained with other settings "
                              f"({', '.join(f'{k}={fixed[k]!r}' for k in changed)}); resume with the same ones")
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.best_loss = state["epoch"], state["best_loss"]
-        self.best_epoch, self.elapsed_s = state["best_epoch"], state["elapsed_s"]
+        for key, module in (("model", self.model), ("ema", self.ema)):
+            detail = state_dict_mismatch(module, state[key]) if isinstance(state[key], dict) else "not a dict"
+            if detail:
+                raise ValueError(f"checkpoint {self.checkpoint} does not fit this model ({key} weights: "
+                                 f"{detail}); {fresh}")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
+            detail = " ".join(str(error).split())[:200] or type(error).__name__
+            raise ValueError(f"checkpoint {self.checkpoint} does not fit this model ({detail}); "
+                             f"{fresh}") from None
+        self.epoch, self.best_loss = int(state["epoch"]), float(state["best_loss"])
+        self.best_epoch, self.elapsed_s = int(state["best_epoch"]), float(state["elapsed_s"])
 
     def _metadata(self, metrics: dict, stopped_because: str) -> dict:
         config = asdict(self.config)
