@@ -60,6 +60,11 @@ def lj_dataset(n_frames: int = 24, seed: int = 0) -> Dataset:
     return from_atoms(frames, source="lj")
 
 
+def as_file(data: Dataset) -> Dataset:
+    """The frames of ``data`` as if they were a whole file (frame k is frame k of the file)."""
+    return Dataset(data.atoms, data.energy, data.forces, data.info, data.source)
+
+
 def config(**changes) -> TrainConfig:
     values = dict(architecture="schnet", cutoff=6.0, device="cpu", max_epochs=3, **TINY)
     values.update(changes)
@@ -147,12 +152,23 @@ def test_nan_duplicates_and_uncovered_elements_are_errors():
     broken.energy[2] = np.nan
     with pytest.raises(ValueError, match=r"NaN or infinite .*frames \[2\]"):
         check_dataset(broken)
-    doubled = data.subset([0, 1, 2, 1])
+    doubled = as_file(data.subset([0, 1, 2, 1]))  # a file whose frame 3 repeats frame 1
     with pytest.raises(ValueError, match="duplicate an earlier frame.*1=3"):
         check_dataset(doubled)
     with pytest.raises(ValueError, match="element.s. C .*covering H, O"):
         check_dataset(data, species=["H", "O"])
     check_dataset(data, species=["H", "C", "O"])  # the clean data passes
+
+
+def test_checks_of_a_subset_name_frames_of_the_file():
+    data = read_dataset(ETHANOL, index=":12")
+    broken = Dataset(data.atoms, data.energy.copy(), data.forces, data.info, "broken")
+    broken.energy[9] = np.inf
+    # the subset's frame 1 is frame 9 of the file: the message names 9, which a user can find
+    with pytest.raises(ValueError, match=r"frames \[9\] of the file"):
+        check_dataset(broken.subset([4, 9, 11]))
+    with pytest.raises(ValueError, match=r"first: frame 7 of the file"):
+        check_dataset(data.subset([7, 2]).subset([0]), species=["H", "O"])
 
 
 def test_trainer_refuses_test_elements_the_model_lacks():
@@ -171,7 +187,7 @@ def test_trainer_refuses_test_elements_the_model_lacks():
 
 def test_trainer_refuses_a_frame_in_both_train_and_test():
     data = read_dataset(ETHANOL, index=":8")
-    leaky = data.subset([0, 1, 2, 3, 4, 5, 6, 7, 2])  # frame 8 repeats frame 2
+    leaky = as_file(data.subset([0, 1, 2, 3, 4, 5, 6, 7, 2]))  # frame 8 repeats frame 2
     with pytest.raises(ValueError, match="training \\+ validation \\+ test .*2=8"):
         Trainer(leaky, Split(train=[0, 1, 2, 3, 4], val=[5, 6], test=[7, 8]), config(cutoff=5.0),
                 "unused.pt", echo=None)

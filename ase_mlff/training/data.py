@@ -45,6 +45,9 @@ class Dataset:
         forces: one [n_atoms, 3] eV/Å array per frame, or None (energy-only data).
         info: per-frame metadata (``atoms.info`` for ASE formats, empty otherwise).
         source: where the frames came from (for messages and metadata).
+        file_index: per frame, its index in ``source`` (None: frame k is frame k of the
+            file); kept through :meth:`subset`, so that messages about a training or
+            test set name the frames a user can find in the file.
     """
 
     atoms: list[Atoms]
@@ -52,6 +55,7 @@ class Dataset:
     forces: list[np.ndarray] | None
     info: list[dict] = field(default_factory=list)
     source: str = "<memory>"
+    file_index: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.atoms)
@@ -70,15 +74,21 @@ class Dataset:
     def n_atoms(self) -> np.ndarray:
         return np.array([len(a) for a in self.atoms], dtype=np.int64)
 
-    def subset(self, indices: Sequence[int]) -> "Dataset":
+    def subset(self, indices: Sequence[int]) -> Dataset:
         indices = [int(k) for k in indices]
+        file_index = self.file_indices()
         return Dataset(
             atoms=[self.atoms[k] for k in indices],
             energy=self.energy[indices],
             forces=None if self.forces is None else [self.forces[k] for k in indices],
             info=[self.info[k] for k in indices] if self.info else [],
             source=self.source,
+            file_index=[file_index[k] for k in indices],
         )
+
+    def file_indices(self) -> list[int]:
+        """Index in the data file of every frame."""
+        return list(range(len(self))) if self.file_index is None else list(self.file_index)
 
     def fingerprint(self) -> str:
         """sha256 of numbers, positions, cells, pbc and labels (identifies the training data)."""
@@ -309,31 +319,45 @@ def _read_hdf5(path: Path, energy_unit: str, length_unit: str) -> Dataset:
     return _converted(atoms, energy, force_list, [{} for _ in atoms], str(path), energy_unit, length_unit)
 
 
-def check_dataset(data: Dataset, species: Sequence[str] | None = None, name: str = "data") -> None:
-    """Refuse data a model cannot learn from: NaN/inf labels, duplicates, uncovered elements.
+def _frames(indices: list[int]) -> str:
+    return f"{indices[:10]}{' ...' if len(indices) > 10 else ''}"
 
-    Args:
-        species: elements the model covers; frames with any other element are an error.
-        name: what to call the data in messages ("training set", ...).
-    """
+
+def check_labels(data: Dataset, name: str = "data") -> None:
+    """Refuse NaN/inf positions or labels and forces of the wrong shape, naming the frames of the file."""
     if len(data) == 0:
         raise ValueError(f"{name} ({data.source}) holds no frames")
+    where = data.file_indices()
     bad = [k for k, e in enumerate(data.energy) if not np.isfinite(e)]
     if data.forces is not None:
         bad += [k for k, f in enumerate(data.forces) if not np.isfinite(f).all()]
     bad += [k for k, a in enumerate(data.atoms) if not np.isfinite(a.positions).all()]
     if bad:
-        bad = sorted(set(bad))
+        bad = sorted({where[k] for k in bad})
         raise ValueError(
             f"{name} ({data.source}): {len(bad)} frame(s) have NaN or infinite positions, "
-            f"energies or forces (frames {bad[:10]}{' ...' if len(bad) > 10 else ''}); "
-            "remove them from the data file"
+            f"energies or forces (frames {_frames(bad)} of the file); remove them from the data file"
         )
     if data.forces is not None:
         shapes = [k for k, (a, f) in enumerate(zip(data.atoms, data.forces)) if f.shape != (len(a), 3)]
         if shapes:
-            raise ValueError(f"{name} ({data.source}): forces of frame {shapes[0]} have shape "
-                             f"{data.forces[shapes[0]].shape}, expected ({len(data.atoms[shapes[0]])}, 3)")
+            k = shapes[0]
+            raise ValueError(f"{name} ({data.source}): forces of frame {where[k]} of the file have shape "
+                             f"{data.forces[k].shape}, expected ({len(data.atoms[k])}, 3); fix or remove "
+                             "that frame")
+
+
+def check_dataset(data: Dataset, species: Sequence[str] | None = None, name: str = "data") -> None:
+    """Refuse data a model cannot learn from: NaN/inf labels, duplicates, uncovered elements.
+
+    Messages name frames by their index in the data file (:meth:`Dataset.file_indices`).
+
+    Args:
+        species: elements the model covers; frames with any other element are an error.
+        name: what to call the data in messages ("training set", ...).
+    """
+    check_labels(data, name)
+    where = data.file_indices()
     seen: dict[bytes, int] = {}
     duplicates = []
     for k, a in enumerate(data.atoms):
@@ -342,25 +366,25 @@ def check_dataset(data: Dataset, species: Sequence[str] | None = None, name: str
                            + np.round(a.positions, 6).tobytes()
                            + np.round(a.cell.array, 6).tobytes()).digest()
         if key in seen:
-            duplicates.append((seen[key], k))
+            duplicates.append((where[seen[key]], where[k]))
         else:
             seen[key] = k
     if duplicates:
         pairs = ", ".join(f"{i}={j}" for i, j in duplicates[:5])
         raise ValueError(
             f"{name} ({data.source}): {len(duplicates)} frame(s) duplicate an earlier frame "
-            f"(pairs {pairs}{' ...' if len(duplicates) > 5 else ''}); duplicates leak between "
+            f"(frames of the file: {pairs}{' ...' if len(duplicates) > 5 else ''}); duplicates leak between "
             "train and test and weight some geometries twice: remove them"
         )
     if species is not None:
         covered = set(species)
         uncovered = sorted(set(data.species) - covered)
         if uncovered:
-            frames = [k for k, a in enumerate(data.atoms)
+            frames = [where[k] for k, a in enumerate(data.atoms)
                       if set(a.get_chemical_symbols()) - covered]
             raise ValueError(
                 f"{name} ({data.source}) contains element(s) {', '.join(uncovered)} in "
-                f"{len(frames)} frame(s) (first: frame {frames[0]}) that the model, covering "
+                f"{len(frames)} frame(s) (first: frame {frames[0]} of the file) that the model, covering "
                 f"{', '.join(species)}, cannot represent; train on data whose elements the "
                 "model covers or add them to --species"
             )

@@ -15,7 +15,7 @@ import torch
 from ase.data import chemical_symbols
 
 from ..batch import resolve_device, resolve_dtype
-from .data import Dataset
+from .data import Dataset, check_labels
 from .frames import FrameCache, predict
 
 
@@ -48,7 +48,15 @@ def error_metrics(data: Dataset, energy: np.ndarray, forces: list[np.ndarray] | 
 
 def evaluate_model(model: torch.nn.Module, data: Dataset, batch_size: int = 32,
                    device: str = "auto", dtype: str = "float32") -> tuple[dict, np.ndarray, list | None]:
-    """(metrics, predicted energies [B] eV, predicted forces per frame eV/Å) of ``model`` on ``data``."""
+    """(metrics, predicted energies [B] eV, predicted forces per frame eV/Å) of ``model`` on ``data``.
+
+    Raises:
+        ValueError: NaN/inf reference labels (naming the frames of the file), elements
+            the model does not cover, or a batch size below 1.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch size must be at least 1 frame, got {batch_size}")
+    check_labels(data, "reference data")
     model.check_numbers({int(z) for a in data.atoms for z in a.numbers})
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
     model = model.to(device=torch_device, dtype=torch_dtype).eval()
