@@ -3,12 +3,79 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import warnings
 from pathlib import Path
 
 import click
 
 from ..units import ENERGY_UNITS, LENGTH_UNITS
+
+
+def _fail(error: Exception) -> click.ClickException:
+    """A library error as a one-line CLI error (some messages quote other tools' multi-line text)."""
+    return click.ClickException(" ".join(str(error).split()))
+
+
+def _check_device(ctx, param, value: str) -> str:
+    """auto, cpu, cuda or cuda:N, and CUDA only where it is available; everything else is refused here.
+
+    torch accepts many more device strings (meta, mps, xpu, ...) on which the
+    models either cannot run or produce no numbers: refuse them before any work.
+    """
+    if value == "auto":
+        return value
+    import torch
+
+    from ..batch import resolve_device
+
+    hint = "use auto, cpu, cuda or cuda:N"
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise click.BadParameter(f"{value!r} is not a device; {hint}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise click.BadParameter(f"{value!r}: {device.type} devices are not supported; {hint}")
+    try:
+        resolve_device(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise click.BadParameter(f"{value!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                                 f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); {hint}")
+    return value
+
+
+def _check_folder(folder: Path, what: str) -> None:
+    """``folder`` exists, is a folder, and a file can be created in it (tried, not guessed:
+    permission bits do not tell for root, read-only mounts or /sys)."""
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise click.ClickException(f"{what}: {ancestor} is a file, not a folder; choose a path in a folder")
+    if not folder.exists():
+        raise click.ClickException(f"{what}: folder {folder} does not exist; create it first "
+                                   f"(mkdir -p {folder}) or choose another path")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".mlff-write-test.", dir=folder)
+    except OSError as error:
+        raise click.ClickException(f"{what}: cannot create files in {folder} ({error.strerror}); "
+                                   "choose a writable folder") from None
+    os.close(handle)
+    os.unlink(probe)
+
+
+def _check_output_file(path: str | os.PathLike, what: str) -> Path:
+    """Refuse, before any work, an output file that could not be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise click.ClickException(f"{what} {path} is a folder; give a file name, e.g. {path / 'out'}")
+    _check_folder(path.parent, f"{what} {path}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise click.ClickException(f"{what} {path} exists and is not writable; choose another name")
+    return path
 
 
 def _count(value: str | None, name: str):
@@ -34,7 +101,7 @@ def _read(path, energy_unit, length_unit, energy_key="energy", forces_key="force
         return read_dataset(path, energy_unit=energy_unit, length_unit=length_unit,
                             energy_key=energy_key, forces_key=forces_key)
     except (ValueError, FileNotFoundError) as error:
-        raise click.ClickException(str(error)) from None
+        raise _fail(error) from None
 
 
 def _metadata_items(items: tuple[str, ...]) -> dict:
@@ -66,7 +133,7 @@ def _with_units(function):
 
 @click.command()
 @click.argument("data", type=click.Path(dir_okay=False))
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Model file to write (.pt).")
+@click.option("--output", "-o", required=True, type=click.Path(), help="Model file to write (.pt).")
 @click.option("--arch", "architecture", default="painn", show_default=True, help="Architecture: painn or schnet.")
 @click.option("--species", default=None, help="Comma-separated elements the model covers (default: those in the data).")
 @click.option("--cutoff", default=5.0, show_default=True, help="Cutoff radius, Å.")
@@ -91,14 +158,16 @@ def _with_units(function):
 @click.option("--optimizer", type=click.Choice(["adam", "adamw"]), default="adam", show_default=True)
 @click.option("--lr", "learning_rate", default=5e-4, show_default=True, help="Initial learning rate.")
 @click.option("--weight-decay", default=0.0, show_default=True)
-@click.option("--batch-size", default=10, show_default=True, help="Frames per optimizer step.")
+@click.option("--batch-size", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Frames per optimizer step.")
 @click.option("--epochs", "max_epochs", default=1000, show_default=True, help="Maximum number of epochs.")
 @click.option("--max-time", "max_time_min", type=float, default=None, help="Training time budget in minutes.")
 @click.option("--patience", default=60, show_default=True, help="Epochs without improvement before stopping.")
 @click.option("--lr-patience", default=15, show_default=True, help="Plateau epochs before the learning rate halves.")
 @click.option("--ema-decay", default=0.99, show_default=True, help="Decay of the exponential moving average of weights (0: off).")
 @click.option("--grad-clip", default=10.0, show_default=True, help="Gradient-norm clip (0: off).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True, callback=_check_device,
+              help="auto, cpu, cuda or cuda:N.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads (default: MLFF_NUM_THREADS or the cores available).")
 @click.option("--metadata", "metadata_items", multiple=True, metavar="KEY=VALUE",
@@ -116,9 +185,19 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
     from .splits import load_split, random_split, save_split, tagged_split
     from .trainer import TrainConfig, Trainer
 
-    output = Path(output)
+    output = _check_output_file(output, "--output")
     split_path = output.with_name(output.stem + ".split.json")
     checkpoint = output.with_name(output.name + ".ckpt")
+    log_csv = output.with_name(output.stem + ".log.csv")
+    for path in (split_path, checkpoint, log_csv):
+        if path.is_dir():
+            raise click.ClickException(f"{path} (written beside --output) is a folder; move it away "
+                                       "or choose another --output")
+    if tensorboard_dir:
+        folder = Path(tensorboard_dir)
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        _check_folder(folder, f"--tensorboard {tensorboard_dir}")
     if resume:
         if not checkpoint.exists():
             raise click.ClickException(f"--resume: no checkpoint {checkpoint}; start without --resume")
@@ -134,7 +213,7 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
                              species=[s.strip() for s in species.split(",")] if species else None,
                              seed=seed, **hyper)
     except ValueError as error:
-        raise click.ClickException(str(error)) from None
+        raise _fail(error) from None
     dataset = _read(data, energy_unit, length_unit, energy_key, forces_key)
     try:
         if resume:
@@ -168,7 +247,7 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             with warnings.catch_warnings(record=True) as caught:
-                trainer = Trainer(dataset, split, config, output, checkpoint=checkpoint,
+                trainer = Trainer(dataset, split, config, output, checkpoint=checkpoint, log_csv=log_csv,
                                   metadata=_metadata_items(metadata_items), echo=echo,
                                   tensorboard_dir=tensorboard_dir)
         for warning in caught:
@@ -180,7 +259,7 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
             save_split(split, split_path, {"data": str(data), "data_sha256": trainer.data_hash})
         result = trainer.fit()
     except (ValueError, FileNotFoundError, ImportError) as error:
-        raise click.ClickException(str(error)) from None
+        raise _fail(error) from None
     from .evaluate import format_table
 
     for name, metrics in result.metrics.items():
@@ -196,10 +275,12 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
               help="Evaluate only these frames of DATA, from --split or the split stored in the model.")
 @click.option("--split", "split_file", type=click.Path(dir_okay=False), default=None,
               help="Split JSON file for --subset (default: the model's own split).")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a parity plot PNG here.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the metrics as JSON here.")
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--plot", type=click.Path(), default=None, help="Write a parity plot PNG here.")
+@click.option("--json", "json_path", type=click.Path(), default=None, help="Write the metrics as JSON here.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Frames per model call.")
+@click.option("--device", default="auto", show_default=True, callback=_check_device,
+              help="auto, cpu, cuda or cuda:N.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads.")
 def evaluate(model, data, energy_unit, length_unit, subset, split_file, plot, json_path, batch_size,
@@ -210,14 +291,18 @@ def evaluate(model, data, energy_unit, length_unit, subset, split_file, plot, js
     from .evaluate import evaluate_model, format_table, parity_plot
     from .splits import load_split
 
+    if split_file and not subset:
+        raise click.BadParameter("--split needs --subset train|val|test", param_hint="--split")
+    # outputs are checked before the work, so a typo does not cost the evaluation
+    for path, option in ((json_path, "--json"), (plot, "--plot")):
+        if path:
+            _check_output_file(path, option)
     try:
         set_threads(threads)
         potential = load_model(model)
     except (ValueError, FileNotFoundError) as error:
-        raise click.ClickException(str(error)) from None
+        raise _fail(error) from None
     dataset = _read(data, energy_unit, length_unit)
-    if split_file and not subset:
-        raise click.BadParameter("--split needs --subset train|val|test", param_hint="--split")
     try:
         if subset:
             if split_file:
@@ -235,17 +320,20 @@ def evaluate(model, data, energy_unit, length_unit, subset, split_file, plot, js
             dataset = dataset.subset(indices)
         metrics, energy, forces = evaluate_model(potential, dataset, batch_size, device, dtype)
     except (ValueError, FileNotFoundError) as error:
-        raise click.ClickException(str(error)) from None
+        raise _fail(error) from None
     title = f"{model} on {data}" + (f" ({subset} set)" if subset else "")
     click.echo(format_table(metrics, title))
-    if json_path:
-        Path(json_path).write_text(json.dumps(metrics, indent=1))
-    if plot:
-        try:
+    try:
+        if json_path:
+            Path(json_path).write_text(json.dumps(metrics, indent=1))
+        if plot:
             parity_plot(dataset, energy, forces, plot, title)
-        except ImportError as error:
-            raise click.ClickException(str(error)) from None
-        click.echo(f"parity plot written to {plot}")
+            click.echo(f"parity plot written to {plot}")
+    except ImportError as error:
+        raise _fail(error) from None
+    except OSError as error:
+        raise click.ClickException(f"could not write {error.filename or json_path or plot} "
+                                   f"({error.strerror or error}); choose a writable path") from None
 
 
 @click.command()
@@ -261,11 +349,12 @@ def info(model, as_json):
         path = resolve_model_path(model)
         record = read_model_record(path)
     except (ValueError, FileNotFoundError) as error:
-        raise click.ClickException(str(error)) from None
+        raise _fail(error) from None
     n_parameters = sum(v.numel() for k, v in record["state_dict"].items()
                        if v.is_floating_point() and not k.endswith(("element_energy", "scale", "shift",
                                                                     "species_index", "centers", "frequencies")))
     if as_json:
+        # json.dumps escapes control characters itself
         public = {k: v for k, v in record.items() if k != "state_dict"}
         click.echo(json.dumps(public, indent=1, default=str))
         return
@@ -277,7 +366,7 @@ def info(model, as_json):
         f"architecture      {record['architecture']}",
         f"species           {', '.join(record['species'])}",
         f"cutoff            {record['cutoff']} Å",
-        f"hyperparameters   {json.dumps(record['hyperparameters'])}",
+        f"hyperparameters   {json.dumps(record['hyperparameters'], default=str)}",
         f"parameters        {n_parameters}",
         f"dtype             {record.get('dtype')}",
         f"units             {record.get('units')}",
@@ -286,23 +375,48 @@ def info(model, as_json):
     ]
     for key, value in meta.items():
         if key not in ("training", "metrics"):
-            lines.append(f"{key:<17} {value}")
+            lines.append(f"{key!s:<17} {value}")
     training = meta.get("training")
-    if training:
-        split = training.get("split", {})
-        config = training.get("config", {})
-        lines += [
-            f"training data     {training.get('data')} ({training.get('n_frames')} frames, sha256 {str(training.get('data_sha256'))[:16]}...)",
-            f"split             train {split.get('n_train')}, val {split.get('n_val')}, test {split.get('n_test')} "
-            f"({json.dumps(split.get('method', {}))})",
-            f"trained           {training.get('epochs')} epochs (best {training.get('best_epoch')}), "
-            f"{training.get('wall_time_s', 0) / 60:.1f} min on {training.get('hardware')}; "
-            f"stopped: {training.get('stopped_because')}",
-            f"optimizer         {config.get('optimizer')} lr {config.get('learning_rate')}, batch {config.get('batch_size')}, "
-            f"loss weights E {config.get('energy_weight')} F {config.get('forces_weight')}, EMA {config.get('ema_decay')}",
-        ]
-        if not training.get("forces_trained", True):
-            lines.append("warning           trained on energies only: its forces were never fitted")
-    click.echo("\n".join(lines))
-    for name, metrics in meta.get("metrics", {}).items():
-        click.echo(format_table(metrics, f"{name} set metrics"))
+    if isinstance(training, dict) and training:
+        try:
+            lines += _training_lines(training)
+        except (TypeError, ValueError, AttributeError):  # free-form metadata in another layout
+            lines.append(f"training          {json.dumps(training, default=str)}")
+    elif training is not None:
+        lines.append(f"training          {json.dumps(training, default=str)}")
+    tables = []
+    metrics = meta.get("metrics", {})
+    for name, values in (metrics.items() if isinstance(metrics, dict) else []):
+        try:
+            tables.append(format_table(values, f"{name} set metrics"))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            tables.append(f"{name} set metrics: {json.dumps(values, default=str)}")
+    if metrics and not isinstance(metrics, dict):
+        tables.append(f"metrics           {json.dumps(metrics, default=str)}")
+    # metadata is free text from whoever wrote the file: escape what a terminal would
+    # obey (colours, cursor moves, carriage returns) instead of printing it
+    click.echo("\n".join(_printable(line) for line in lines + tables))
+
+
+def _training_lines(training: dict) -> list[str]:
+    split = training.get("split", {})
+    config = training.get("config", {})
+    lines = [
+        f"training data     {training.get('data')} ({training.get('n_frames')} frames, sha256 {str(training.get('data_sha256'))[:16]}...)",
+        f"split             train {split.get('n_train')}, val {split.get('n_val')}, test {split.get('n_test')} "
+        f"({json.dumps(split.get('method', {}), default=str)})",
+        f"trained           {training.get('epochs')} epochs (best {training.get('best_epoch')}), "
+        f"{training.get('wall_time_s', 0) / 60:.1f} min on {training.get('hardware')}; "
+        f"stopped: {training.get('stopped_because')}",
+        f"optimizer         {config.get('optimizer')} lr {config.get('learning_rate')}, batch {config.get('batch_size')}, "
+        f"loss weights E {config.get('energy_weight')} F {config.get('forces_weight')}, EMA {config.get('ema_decay')}",
+    ]
+    if not training.get("forces_trained", True):
+        lines.append("warning           trained on energies only: its forces were never fitted")
+    return lines
+
+
+def _printable(text: str) -> str:
+    """Non-printable characters (ESC, CR, other controls) as Python escapes: '\\x1b[31m' stays visible text."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
