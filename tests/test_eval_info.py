@@ -119,3 +119,22 @@ def test_info_of_a_trained_model_shows_split_and_metrics(tmp_path):
     stored = json.loads(runner.invoke(main, ["info", str(out), "--json"]).output)["metadata"]["metrics"]["test"]
     assert json.loads((tmp_path / "m.json").read_text())["forces_mae_meV_per_A"] == pytest.approx(
         stored["forces_mae_meV_per_A"], rel=1e-5)
+
+
+def test_version_is_written_once_in_pyproject(monkeypatch):
+    tomllib = pytest.importorskip("tomllib")
+    from importlib import metadata
+
+    from ase_mlff import __version__, _version
+
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert __version__ == declared
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"mlff-md, version {declared}"
+
+    # a source tree that was never installed still knows its version
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(_version.metadata, "version", not_installed)
+    assert _version._version() == declared
