@@ -222,7 +222,7 @@ def test_tagged_split_follows_the_rmd17_tags():
 def test_reference_fit_recovers_per_element_energies():
     rng = np.random.default_rng(1)
     truth = {"H": -13.6, "C": -1029.5, "O": -2040.8}
-    frames, energies = [], []
+    frames = []
     for _ in range(30):
         counts = {s: int(rng.integers(1, 5)) for s in truth}
         symbols = "".join(s * n for s, n in counts.items())

@@ -141,8 +141,10 @@ def _with_units(function):
 @click.option("--interactions", "n_interactions", default=3, show_default=True, help="Interaction blocks.")
 @click.option("--rbf", "n_rbf", default=20, show_default=True, help="Radial basis functions.")
 @_with_units
-@click.option("--energy-key", default="energy", show_default=True, help="atoms.info key of the energy (without a calculator).")
-@click.option("--forces-key", default="forces", show_default=True, help="atoms.arrays key of the forces (without a calculator).")
+@click.option("--energy-key", default="energy", show_default=True,
+              help="atoms.info key of the energy (without a calculator).")
+@click.option("--forces-key", default="forces", show_default=True,
+              help="atoms.arrays key of the forces (without a calculator).")
 @click.option("--split", "split_file", type=click.Path(dir_okay=False), default=None,
               help="JSON file with 'train', 'val' (and 'test') frame-index lists.")
 @click.option("--split-tag", default=None, metavar="KEY:TRAIN:TEST",
@@ -151,7 +153,8 @@ def _with_units(function):
 @click.option("--n-train", default=None, help="Training frames (count or fraction; default: all the rest).")
 @click.option("--n-val", default="0.1", show_default=True, help="Validation frames (count or fraction).")
 @click.option("--n-test", default="0.1", show_default=True, help="Test frames (count or fraction; random split only).")
-@click.option("--val-block", default=25, show_default=True, help="Consecutive frames per validation block (--split-tag).")
+@click.option("--val-block", default=25, show_default=True,
+              help="Consecutive frames per validation block (--split-tag).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the split, the initial weights and the shuffling.")
 @click.option("--energy-weight", default=1.0, show_default=True, help="Weight of the per-atom energy loss.")
 @click.option("--forces-weight", default=10.0, show_default=True, help="Weight of the force loss.")
@@ -164,12 +167,14 @@ def _with_units(function):
 @click.option("--max-time", "max_time_min", type=float, default=None, help="Training time budget in minutes.")
 @click.option("--patience", default=60, show_default=True, help="Epochs without improvement before stopping.")
 @click.option("--lr-patience", default=15, show_default=True, help="Plateau epochs before the learning rate halves.")
-@click.option("--ema-decay", default=0.99, show_default=True, help="Decay of the exponential moving average of weights (0: off).")
+@click.option("--ema-decay", default=0.99, show_default=True,
+              help="Decay of the exponential moving average of weights (0: off).")
 @click.option("--grad-clip", default=10.0, show_default=True, help="Gradient-norm clip (0: off).")
 @click.option("--device", default="auto", show_default=True, callback=_check_device,
               help="auto, cpu, cuda or cuda:N.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
-@click.option("--threads", type=int, default=None, help="CPU threads (default: MLFF_NUM_THREADS or the cores available).")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads (default: MLFF_NUM_THREADS or the cores available).")
 @click.option("--metadata", "metadata_items", multiple=True, metavar="KEY=VALUE",
               help="Extra metadata stored in the model file (VALUE parsed as JSON if possible).")
 @click.option("--tensorboard", "tensorboard_dir", default=None, type=click.Path(file_okay=False),
@@ -362,7 +367,8 @@ def info(model, as_json):
     reference = record.get("energy_reference", {})
     lines = [
         f"file              {path}",
-        f"format            {record['format']} v{record['format_version']} (ase-mlff {record.get('package_version', '?')})",
+        f"format            {record['format']} v{record['format_version']} "
+        f"(ase-mlff {record.get('package_version', '?')})",
         f"architecture      {record['architecture']}",
         f"species           {', '.join(record['species'])}",
         f"cutoff            {record['cutoff']} Å",
@@ -402,14 +408,16 @@ def _training_lines(training: dict) -> list[str]:
     split = training.get("split", {})
     config = training.get("config", {})
     lines = [
-        f"training data     {training.get('data')} ({training.get('n_frames')} frames, sha256 {str(training.get('data_sha256'))[:16]}...)",
+        f"training data     {training.get('data')} ({training.get('n_frames')} frames, "
+        f"sha256 {str(training.get('data_sha256'))[:16]}...)",
         f"split             train {split.get('n_train')}, val {split.get('n_val')}, test {split.get('n_test')} "
         f"({json.dumps(split.get('method', {}), default=str)})",
         f"trained           {training.get('epochs')} epochs (best {training.get('best_epoch')}), "
         f"{training.get('wall_time_s', 0) / 60:.1f} min on {training.get('hardware')}; "
         f"stopped: {training.get('stopped_because')}",
-        f"optimizer         {config.get('optimizer')} lr {config.get('learning_rate')}, batch {config.get('batch_size')}, "
-        f"loss weights E {config.get('energy_weight')} F {config.get('forces_weight')}, EMA {config.get('ema_decay')}",
+        f"optimizer         {config.get('optimizer')} lr {config.get('learning_rate')}, "
+        f"batch {config.get('batch_size')}, loss weights E {config.get('energy_weight')} "
+        f"F {config.get('forces_weight')}, EMA {config.get('ema_decay')}",
     ]
     if not training.get("forces_trained", True):
         lines.append("warning           trained on energies only: its forces were never fitted")

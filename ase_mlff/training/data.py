@@ -20,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from ase import Atoms
@@ -196,8 +196,8 @@ def _ase_read(path: Path, format: str | None) -> list[Atoms]:
     every frame, which takes minutes for a few thousand frames; a temporary
     plain copy takes a fraction of a second.
     """
-    import gzip
     import bz2
+    import gzip
     import lzma
     import shutil
     import tempfile
