@@ -38,7 +38,6 @@ class FrameCache:
         self.dtype = dtype
         self.n_frames = len(data)
         self.periodic = any(bool(a.pbc.any()) for a in data.atoms)
-        self.has_forces = data.has_forces
         neighbor_list = NeighborList(cutoff)
         self.frames: list[tuple[torch.Tensor, ...]] = []
         start = 0
@@ -91,9 +90,9 @@ class FrameCache:
 
 
 def predict(model: torch.nn.Module, cache: FrameCache, batch_size: int = 32,
-            indices: Sequence[int] | None = None, forces: bool = True) -> tuple[np.ndarray, list[np.ndarray] | None]:
-    """Model energies [B] (eV) and per-frame forces (eV/Å) for cached frames."""
-    indices = list(range(cache.n_frames)) if indices is None else list(indices)
+            forces: bool = True) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """Model energies [B] (eV) and per-frame forces (eV/Å) of every cached frame."""
+    indices = list(range(cache.n_frames))
     energies, all_forces = [], []
     for start in range(0, len(indices), batch_size):
         chunk = indices[start:start + batch_size]
