@@ -120,21 +120,47 @@ def test_hartree_and_bohr_conversion(tmp_path):
 
 
 def test_hdf5_written_by_the_md_driver(tmp_path):
-    from ase_mlff.md.h5 import H5Writer
+    from ase_mlff.md.h5 import FRAME_FIELDS_V2, H5Writer, SystemInfo
 
-    frames = read(WATER, index=":")
+    # two systems in one run (periodic water, a free ethanol): frames follow in system order
+    runs = [read(WATER, index=":"), read(ETHANOL, index=":3")]
+    systems = [SystemInfo(label=f"s{k}", numbers=run[0].numbers, masses=run[0].get_masses(),
+                          cell=np.asarray(run[0].cell[:]), pbc=np.asarray(run[0].pbc),
+                          fixed=np.zeros(0, dtype=np.int64), dof=3.0 * len(run[0]), seed=k, attrs={})
+               for k, run in enumerate(runs)]
     path = tmp_path / "run.h5"
-    writer = H5Writer(path, frames[0], {"model": "test"})
-    for step, atoms in enumerate(frames):
-        writer.append(step, 0.0005 * step, atoms.positions, np.zeros((len(atoms), 3)), atoms.get_forces(),
-                      atoms.get_potential_energy(), 0.0, 0.0)
+    writer = H5Writer(path, systems, {"model": "test"})
+    for k, run in enumerate(runs):
+        for step, atoms in enumerate(run):
+            writer.append(k, {**dict.fromkeys(FRAME_FIELDS_V2, 0), "step": step, "positions": atoms.positions,
+                              "forces": atoms.get_forces(), "potential_energy": atoms.get_potential_energy()})
     writer.close()
     data = read_dataset(path)
+    frames = runs[0] + runs[1]
+    assert len(data) == 5 and data.atoms[1].pbc.all() and not data.atoms[2].pbc.any()
+    for k, atoms in enumerate(frames):
+        np.testing.assert_array_equal(data.atoms[k].numbers, atoms.numbers)
+        np.testing.assert_allclose(data.atoms[k].positions, atoms.positions, rtol=0, atol=0)
+        np.testing.assert_allclose(data.forces[k], atoms.get_forces(), rtol=0, atol=0)
+        assert data.energy[k] == atoms.get_potential_energy()
+    np.testing.assert_allclose(data.atoms[1].cell.array, runs[0][0].cell.array)
+
+
+def test_hdf5_version_1_layout(tmp_path):
+    import h5py
+
+    # version 1 (one system at the root), as written before multi-system runs
+    frames = read(WATER, index=":")
+    path = tmp_path / "v1.h5"
+    with h5py.File(path, "w") as h5:
+        h5["frames/positions"] = np.stack([a.positions for a in frames])
+        h5["frames/forces"] = np.stack([a.get_forces() for a in frames])
+        h5["frames/potential_energy"] = [a.get_potential_energy() for a in frames]
+        h5["numbers"], h5["cell"], h5["pbc"] = frames[0].numbers, frames[0].cell[:], frames[0].pbc
+    data = read_dataset(path)
     assert len(data) == 2 and data.atoms[0].pbc.all()
-    np.testing.assert_allclose(data.atoms[1].positions, frames[1].positions)
-    np.testing.assert_allclose(data.atoms[1].cell.array, frames[0].cell.array)
-    np.testing.assert_allclose(data.forces[1], frames[1].get_forces())
-    assert data.energy[1] == pytest.approx(frames[1].get_potential_energy(), abs=0)
+    np.testing.assert_array_equal(data.atoms[1].positions, frames[1].positions)
+    np.testing.assert_array_equal(data.forces[1], frames[1].get_forces())
 
 
 def test_missing_file_and_unknown_unit(tmp_path):

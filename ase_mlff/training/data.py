@@ -272,36 +272,62 @@ def _read_npz(path: Path, energy_unit: str, length_unit: str) -> Dataset:
 
 
 def _read_hdf5(path: Path, energy_unit: str, length_unit: str) -> Dataset:
-    """An ``mlff-md run`` file: per-frame datasets under ``/frames`` (or the root),
-    per-system ``numbers``/``atomic_numbers``, ``cell`` and ``pbc`` at the root
-    (per-frame versions are accepted too). See ``ase_mlff/md/h5.py``."""
-    import h5py
+    """An ``mlff-md run`` file (see ``ase_mlff/md/SCHEMA.md``).
 
-    def first(*candidates):
-        for group, name in candidates:
-            if name in group and isinstance(group[name], h5py.Dataset):
-                return group[name][()]
-        return None
+    Version 2 holds one group ``/systems/<k>`` per system; their frames follow
+    each other in system order (frame indices count through system 0, then 1,
+    ...). Version 1 has one system's layout at the root: per-frame datasets under
+    ``/frames`` (or the root), per-system ``numbers``/``atomic_numbers``, ``cell``
+    and ``pbc`` (per-frame versions are accepted too).
+    """
+    import h5py
 
     try:
         h5 = h5py.File(path, "r")
     except OSError as error:
         raise ValueError(f"{path} is not a readable HDF5 file: {error}") from None
     with h5:
-        frames = h5["frames"] if isinstance(h5.get("frames"), h5py.Group) else h5
-        positions = first((frames, "positions"))
-        energy = first((frames, "potential_energy"), (frames, "energy"))
-        numbers = first((h5, "numbers"), (h5, "atomic_numbers"), (frames, "numbers"),
-                        (frames, "atomic_numbers"))
-        forces = first((frames, "forces"))
-        cell = first((h5, "cell"), (frames, "cell"))
-        pbc = first((h5, "pbc"), (frames, "pbc"))
-        if positions is None or energy is None or numbers is None:
-            raise ValueError(
-                f"{path} lacks positions, potential_energy or atomic numbers; expected an "
-                "mlff-md trajectory (frames/positions, frames/potential_energy, frames/forces, "
-                "numbers, cell, pbc)"
-            )
+        systems = h5.get("systems")
+        if isinstance(systems, h5py.Group):
+            groups = [systems[k] for k in sorted(systems, key=lambda k: int(k) if k.isdigit() else -1)]
+            if not groups:
+                raise ValueError(f"{path} has no systems in /systems; it holds no frames to train on")
+        else:
+            groups = [h5]
+        parts = [_read_h5_system(group, path) for group in groups]
+    atoms = [a for part in parts for a in part[0]]
+    energy = np.concatenate([part[1] for part in parts])
+    have_forces = [part[2] is not None for part in parts]
+    if any(have_forces) and not all(have_forces):
+        raise ValueError(f"{path}: some systems store forces and others do not; train on one kind")
+    forces = [f for part in parts for f in part[2]] if all(have_forces) else None
+    return _converted(atoms, energy, forces, [{} for _ in atoms], str(path), energy_unit, length_unit)
+
+
+def _read_h5_system(group, path: Path) -> tuple[list[Atoms], np.ndarray, list[np.ndarray] | None]:
+    """(structures, energies [T] eV, forces per frame or None) of one system's group."""
+    import h5py
+
+    def first(*candidates):
+        for where, name in candidates:
+            if name in where and isinstance(where[name], h5py.Dataset):
+                return where[name][()]
+        return None
+
+    frames = group["frames"] if isinstance(group.get("frames"), h5py.Group) else group
+    positions = first((frames, "positions"))
+    energy = first((frames, "potential_energy"), (frames, "energy"))
+    numbers = first((group, "numbers"), (group, "atomic_numbers"), (frames, "numbers"),
+                    (frames, "atomic_numbers"))
+    forces = first((frames, "forces"))
+    cell = first((group, "cell"), (frames, "cell"))
+    pbc = first((group, "pbc"), (frames, "pbc"))
+    if positions is None or energy is None or numbers is None:
+        raise ValueError(
+            f"{path}{'' if group.name == '/' else ' ' + group.name} lacks positions, potential_energy "
+            "or atomic numbers; expected an mlff-md trajectory (frames/positions, "
+            "frames/potential_energy, frames/forces, numbers, cell, pbc)"
+        )
     positions = np.asarray(positions, dtype=np.float64)  # [T, N, 3]
     energy = np.asarray(energy, dtype=np.float64).reshape(-1)
     numbers = np.asarray(numbers).astype(np.int64)
@@ -316,7 +342,7 @@ def _read_hdf5(path: Path, energy_unit: str, length_unit: str) -> Dataset:
             np.asarray(pbc).astype(bool) if np.ndim(pbc) == 1 else np.asarray(pbc)[k].astype(bool))
         atoms.append(Atoms(numbers=z, positions=positions[k], cell=c, pbc=p))
     force_list = None if forces is None else [np.asarray(forces[k], dtype=np.float64) for k in range(n_frames)]
-    return _converted(atoms, energy, force_list, [{} for _ in atoms], str(path), energy_unit, length_unit)
+    return atoms, energy, force_list
 
 
 def _frames(indices: list[int]) -> str:
