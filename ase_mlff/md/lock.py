@@ -67,7 +67,7 @@ class OutputLock:
         self._fd: int | None = None
         self._content: bytes | None = None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         self.acquire()
         return self
 
@@ -135,7 +135,7 @@ class OutputLock:
             raise
         self._fd, self._content = fd, content
 
-    def _take_over(self, stale: "_Found") -> None:
+    def _take_over(self, stale: _Found) -> None:
         """Remove the stale lock file, unless someone else is already doing so or has done so."""
         guard = self.path.with_name(self.path.name + ".takeover")
         try:
@@ -160,7 +160,7 @@ class OutputLock:
             os.close(fd)
             os.unlink(guard)
 
-    def _message(self, found: "_Found") -> str:
+    def _message(self, found: _Found) -> str:
         info = found.info
         if info is None:
             who = "its lock file was created just now and is not written yet"
