@@ -3,6 +3,11 @@
 The dtype and device of a calculation are decided here, once, by
 :func:`resolve_device` / :func:`resolve_dtype`; everything downstream follows
 the tensors it is given (``x.new_zeros(...)``).
+
+Positions and cells stay float64 whatever dtype the network runs in: a
+float32 coordinate near 10⁶ Å is only known to 0.06 Å, so differences of
+positions must be taken before any rounding to the network's dtype (see
+:func:`ase_mlff.forces.compute`, which rounds the edge vectors only).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from ase import Atoms
+from ase.data import chemical_symbols
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -60,7 +66,8 @@ class Batch:
     """Many structures as flat tensors.
 
     Attributes:
-        positions: [n_atoms, 3], Å, as given (not wrapped into the cell).
+        positions: [n_atoms, 3], Å, as given (not wrapped into the cell); float64
+            from :func:`atoms_to_batch`.
         numbers: [n_atoms], atomic numbers (int64).
         cell: [n_systems, 3, 3], Å, cell vectors as rows (zeros where absent).
         pbc: [n_systems, 3], bool.
@@ -90,7 +97,17 @@ def atoms_to_batch(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
 ) -> Batch:
-    """Stack one or many ASE ``Atoms`` (mixed sizes and boundary conditions)."""
+    """Stack one or many ASE ``Atoms`` (mixed sizes and boundary conditions).
+
+    Args:
+        dtype: of positions and cell. Keep float64 (the calculator does) unless
+            the coordinates are known to be small: the network's own dtype is
+            applied later, to the edge vectors (:func:`ase_mlff.forces.compute`).
+
+    Raises:
+        ValueError: naming the structure and atom, for a non-finite position or
+            cell, a periodic axis without a cell vector, or an empty structure.
+    """
     structures = [atoms] if isinstance(atoms, Atoms) else list(atoms)
     if not structures:
         raise ValueError("atoms_to_batch needs at least one Atoms object, got none")
@@ -99,6 +116,7 @@ def atoms_to_batch(
             raise TypeError(f"structure {k} is a {type(a).__name__}, not ase.Atoms")
         if len(a) == 0:
             raise ValueError(f"structure {k} has no atoms")
+        check_positions(a.positions, a.numbers, k)
     n_atoms = np.array([len(a) for a in structures], dtype=np.int64)
     positions = np.concatenate([a.positions for a in structures])
     numbers = np.concatenate([a.numbers for a in structures])
@@ -120,8 +138,46 @@ def atoms_to_batch(
     )
 
 
+def check_positions(positions: np.ndarray, numbers: np.ndarray, index: int = 0) -> None:
+    """A non-finite coordinate is an error naming the structure and atom.
+
+    Left alone, a NaN atom drops out of the neighbor list (every comparison
+    with NaN is false) and the energy of the rest looks fine.
+
+    Args:
+        positions: [n_atoms, 3] Å of one structure. numbers: [n_atoms].
+        index: of the structure in its batch, for the message.
+    """
+    if np.isfinite(positions).all():
+        return
+    bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+    atom = int(bad[0])
+    z = int(numbers[atom])
+    symbol = chemical_symbols[z] if 0 <= z < len(chemical_symbols) else f"Z={z}"
+    others = f" (and {len(bad) - 1} more atoms)" if len(bad) > 1 else ""
+    raise ValueError(
+        f"structure {index}: atom {atom} ({symbol}) has a non-finite "
+        f"position {_vector(positions[atom])}{others}; fix the structure (a blown-up run?)"
+    )
+
+
+def _vector(values: np.ndarray) -> str:
+    return "[" + ", ".join(f"{float(x):g}" for x in values) + "]"
+
+
 def _check_cell(index: int, cell: np.ndarray, pbc: np.ndarray) -> None:
-    """Periodic directions need cell vectors that span a non-degenerate cell."""
+    """Finite cell vectors; periodic directions need vectors that span a non-degenerate cell."""
+    for axis in np.flatnonzero(~np.isfinite(cell).all(axis=1)):
+        if pbc[axis]:
+            fix = "fix the cell (a blown-up NPT run?)"
+        else:
+            # even an open axis's vector enters the edge vectors (as 0 · cell) of a mixed batch
+            fix = (f"it is not used along the open axis {axis} but must still be finite: "
+                   f"set it to zero (atoms.cell[{axis}] = 0)")
+        raise ValueError(
+            f"structure {index}: cell vector {axis} is not finite {_vector(cell[axis])} "
+            f"(pbc {pbc.tolist()}); {fix}"
+        )
     if not pbc.any():
         return
     periodic = cell[pbc]

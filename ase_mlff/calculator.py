@@ -17,7 +17,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from .batch import Batch, atoms_to_batch, dtype_name, resolve_device, resolve_dtype
+from .batch import Batch, atoms_to_batch, check_positions, dtype_name, resolve_device, resolve_dtype
 from .forces import compute
 from .io import load_model
 from .models import Potential
@@ -32,7 +32,9 @@ class MLFFCalculator(Calculator):
         model: path of a model file, name of a bundled potential, or a
             :class:`~ase_mlff.models.Potential` (used as is, moved to ``device``/``dtype``).
         device: "auto" (CUDA when present), "cpu", "cuda", "cuda:N".
-        dtype: "float32" or "float64" for the network; energies are summed in float64.
+        dtype: "float32" or "float64" for the network; positions, cell and edge
+            vectors are formed in float64 (so a float32 network loses nothing far
+            from the origin), energies are summed and forces returned in float64.
         neighbor_backend: "auto", "torch-cluster" or "torch" (see :mod:`ase_mlff.neighbors`).
         num_threads: torch CPU threads (see :mod:`ase_mlff.threads`).
         skin: Å. Between calls the neighbor list is reused while no atom has
@@ -134,7 +136,7 @@ class MLFFCalculator(Calculator):
             )
         batch = self._batch_for(atoms, system_changes)
         neighbors = self._skin_list(batch, batch.numbers, atoms.arrays["positions"])
-        output = compute(self.model, batch, neighbors, forces=True, stress=want_stress)
+        output = compute(self.model, batch, neighbors, forces=True, stress=want_stress, dtype=self.dtype)
         energy = float(output.energy[0].detach())
         results = {
             "energy": energy,
@@ -166,7 +168,8 @@ class MLFFCalculator(Calculator):
                     "all directions: drop 'stress' from properties or give them cells"
                 )
         batch = self._make_batch(structures)
-        output = compute(self.model, batch, self.neighbor_list(batch), forces=True, stress=want_stress)
+        output = compute(self.model, batch, self.neighbor_list(batch), forces=True, stress=want_stress,
+                         dtype=self.dtype)
         energy = output.energy.detach().cpu().numpy()
         energies = output.energies.detach().cpu().numpy()
         forces = output.forces.detach().cpu().numpy().astype(np.float64)
@@ -183,7 +186,8 @@ class MLFFCalculator(Calculator):
 
     # -- internals ---------------------------------------------------------------
     def _make_batch(self, structures: Atoms | Sequence[Atoms]) -> Batch:
-        batch = atoms_to_batch(structures, dtype=self.dtype, device=self.device)
+        # float64 whatever self.dtype: see ase_mlff.batch (compute rounds the edge vectors only)
+        batch = atoms_to_batch(structures, dtype=torch.float64, device=self.device)
         self.model.check_numbers(torch.unique(batch.numbers).tolist())
         if self.device.type == "cpu":  # size-aware default: see ase_mlff.threads
             self.num_threads = set_threads(self._requested_threads, n_atoms=batch.positions.shape[0])
@@ -192,7 +196,8 @@ class MLFFCalculator(Calculator):
     def _batch_for(self, atoms: Atoms, system_changes) -> Batch:
         # In MD only positions change: reuse numbers, cell and system index.
         if self._batch is not None and set(system_changes) <= {"positions"}:
-            positions = torch.from_numpy(atoms.positions).to(device=self.device, dtype=self.dtype)
+            check_positions(atoms.positions, atoms.numbers)  # atoms_to_batch is skipped here
+            positions = torch.from_numpy(atoms.positions).to(device=self.device, dtype=torch.float64)
             self._batch = self._batch.replace(positions=positions)
         else:
             self._batch = self._make_batch(atoms)

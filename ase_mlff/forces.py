@@ -7,6 +7,14 @@
 The strain ε is symmetrised so that a rotation cannot leak into the virial.
 Sign and units follow ASE's ``atoms.get_stress()``: σ = −virial/V in eV/Å³
 (a compressed cell has negative diagonal stress, pressure = −tr σ/3).
+
+Precision: positions, cell, strain and the edge vectors r_j − r_i + S·cell
+are formed in the batch's dtype (float64 from :func:`~ase_mlff.batch.atoms_to_batch`);
+only the edge vectors, a few Å long, are rounded to the model's dtype. A
+float32 model then sees the same inputs at 10⁶ Å from the origin as at the
+origin (a float32 position there would carry 0.06 Å of rounding), and the
+gradients flow back through the cast, so forces and stress come out in the
+batch's dtype.
 """
 
 from __future__ import annotations
@@ -36,15 +44,38 @@ class Output:
     stress: torch.Tensor | None = None
 
 
+# Potential keeps its energy reference in float64 whatever the network's dtype
+# (see models.base.Potential._apply): these buffers say nothing about it.
+_REFERENCE_BUFFERS = ("element_energy", "scale", "shift")
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The floating dtype ``model`` computes in, or None when nothing in it says.
+
+    That of its floating parameters, else of its floating buffers (radial-basis
+    centers and the like) other than the float64 energy reference. An analytic
+    model such as ``LennardJones`` has neither.
+    """
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    for name, buffer in model.named_buffers():
+        if buffer.is_floating_point() and name.rsplit(".", 1)[-1] not in _REFERENCE_BUFFERS:
+            return buffer.dtype
+    return None
+
+
 def compute(model: torch.nn.Module, batch: Batch, neighbors: Neighbors, *, forces: bool = True,
-            stress: bool = False, training: bool = False) -> Output:
+            stress: bool = False, training: bool = False, dtype: torch.dtype | None = None) -> Output:
     """Evaluate ``model`` on ``batch``.
 
     Args:
-        forces: compute F = −dE/dr.
+        forces: compute F = −dE/dr, [n_atoms, 3] eV/Å in the batch's dtype.
         stress: compute σ (every structure in the batch must be 3-D periodic).
         training: keep the graph of the derivatives so a force loss can be
             back-propagated into the weights.
+        dtype: of the edge vectors the model is given; None: :func:`model_dtype`
+            (or the batch's dtype for a model without weights or buffers).
     """
     positions, cell = batch.positions, batch.cell
     inputs = []
@@ -58,7 +89,9 @@ def compute(model: torch.nn.Module, batch: Batch, neighbors: Neighbors, *, force
         cell = cell + torch.bmm(cell, symmetric)
         inputs.append(strain)
 
-    vectors = edge_vectors(positions, cell, batch.system, neighbors)  # [E, 3], Å
+    vectors = edge_vectors(positions, cell, batch.system, neighbors)  # [E, 3], Å, batch dtype
+    # rounded only now, after the large coordinates have cancelled in r_j − r_i
+    vectors = vectors.to(dtype or model_dtype(model) or vectors.dtype)
     energies = model(batch.numbers, neighbors.edge_index, vectors)  # [N], eV
     energy = energies.new_zeros(batch.n_systems).index_add_(0, batch.system, energies)  # [B], eV
 

@@ -23,7 +23,10 @@ Results are exact: candidates are collected with a margin that covers
 floating-point rounding, and pairs within that margin of the cutoff are
 decided with the very formula the models see (:func:`edge_vectors`), so the
 pairs do not depend on the search path (tests compare them pair for pair with
-ASE).
+ASE). The search runs in the batch's dtype, float64 from the calculator; a
+float32 model then gets those vectors rounded to float32, which can move a
+pair by one float32 ulp across the cutoff, where every model's cutoff
+function (and its derivative) is zero.
 
 ``backend="torch-cluster"`` replaces the search by torch-cluster
 (``torch_cluster.radius`` with batch vectors over the same images, with a cap
@@ -335,6 +338,9 @@ def _rounding_margin(batch: Batch, cutoff: float) -> float:
     to X the two vectors differ by a few ulp of X, so d² moves by about
     2·cutoff·(few ulp of X). X bounds positions and images: |r| plus the cell
     diagonal plus twice the cutoff. 64 ulp leaves a wide safety factor.
+    Both sides are computed in the batch's dtype (float64 from the calculator,
+    whatever the model's), so its epsilon is the one that matters: at
+    X = 10⁶ Å and a 5 Å cutoff the margin is 7e-8 Å².
     """
     eps = torch.finfo(batch.positions.dtype).eps
     largest = float(batch.positions.abs().max()) if batch.positions.numel() else 0.0
