@@ -1,6 +1,10 @@
-"""Bad input and hard numbers (issue #8): non-finite structures, float32 far from the origin."""
+"""Bad input and hard numbers (issue #8): non-finite structures, float32 far from the
+origin, overlaps with periodic images.
+"""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ from conftest import EPS32, ethanol, make_model, water
 from ase_mlff import MLFFCalculator
 from ase_mlff.batch import atoms_to_batch
 from ase_mlff.forces import model_dtype
+from ase_mlff.md.validate import MIN_DISTANCE, check_settings, check_structure
 from ase_mlff.neighbors import neighbor_list
 
 
@@ -151,3 +156,67 @@ def test_training_batches_in_the_network_dtype_still_work():
     # positions near the origin (|r| < 2 Å): the test_models float32 tolerance
     tol = EPS32 * float(ref.forces.abs().max()) * (16 * 3 + 2 / 0.1)
     assert float((out.forces.double() - ref.forces).abs().max()) < tol
+
+
+# -- overlaps with periodic images ------------------------------------------------------
+def test_atom_closer_than_min_distance_to_its_own_image_is_refused():
+    tiny = Atoms("H", positions=[[0, 0, 0]], cell=[0.3, 0.3, 0.3], pbc=True)  # before: it ran
+    with pytest.raises(ValueError, match=r"atom 0 \(H\) is 0.300 Å from its own periodic image "
+                                         r"\(cell shift \[.*\]\), closer than 0.5 Å: the cell \[0.3, 0.3, 0.3, "
+                                         r"90.0, 90.0, 90.0\].* is too small"):
+        check_structure(tiny, 0.5)
+    # only along the periodic axis that is too short
+    wire = Atoms("H", positions=[[0, 0, 0]], cell=[0.4, 0.3, 0.3], pbc=(True, False, False))
+    with pytest.raises(ValueError, match=r"0.400 Å from its own periodic image \(cell shift \[-?1, 0, 0\]\)"):
+        check_structure(wire, 0.5)
+    check_structure(Atoms("H", cell=[0.3, 0.3, 0.3], pbc=False), 0.5)  # open: no images
+    check_structure(Atoms("H", cell=[MIN_DISTANCE + 0.01] * 3, pbc=True), 0.5)
+
+
+def test_overlap_across_the_boundary_names_the_shift_and_the_cell():
+    atoms = Atoms("Ar2", positions=[[0.1, 5, 5], [9.9, 5, 5]], cell=[10, 10, 10], pbc=True)
+    with pytest.raises(ValueError, match=r"atoms 0 \(Ar\) and 1 \(Ar\) are 0.200 Å apart across the periodic "
+                                         r"boundary \(cell shift \[-1, 0, 0\], cell \[10.0"):
+        check_structure(atoms, 0.5)
+    check_structure(water(0), 0.5)
+    check_structure(ethanol(0), 0.5)
+
+
+def test_check_structure_names_a_non_finite_atom_or_cell():
+    with pytest.raises(ValueError, match=r"atom 3 \(H\) has a non-finite position"):
+        check_structure(with_position(ethanol(0), 3, [np.nan, 0, 0]), 0.5)
+    bulk = water(0)
+    bulk.cell[0, 0] = np.inf
+    with pytest.raises(ValueError, match="is not finite"):
+        check_structure(bulk, 0.5)
+
+
+def settings(**changes):
+    values = dict(ensemble="nve", velocities="maxwell-boltzmann", steps=10, timestep_fs=0.5,
+                  temperature_K=300.0, friction_per_fs=0.01, taut_fs=100.0, h5_interval=1,
+                  log_interval=1, flush_every=1, traj_interval=0, max_drift_meV_per_atom_per_ps=1.0)
+    values.update(changes)
+    return SimpleNamespace(**values)
+
+
+def check(**changes):
+    check_settings(settings(**changes), ("nve", "langevin"), ("maxwell-boltzmann", "input"))
+
+
+@pytest.mark.parametrize("max_drift", [float("nan"), -0.5])
+def test_drift_threshold_must_be_a_non_negative_number(max_drift):
+    with pytest.raises(ValueError, match=rf"--max-drift\) must be a number >= 0 meV/atom/ps, got {max_drift}"):
+        check(max_drift_meV_per_atom_per_ps=max_drift)
+
+
+def test_timestep_must_be_finite():
+    with pytest.raises(ValueError, match="the timestep must be a finite positive number of fs, got inf fs"):
+        check(timestep_fs=float("inf"))
+
+
+def test_valid_settings_pass_with_or_without_a_drift_threshold():
+    check()
+    check(max_drift_meV_per_atom_per_ps=0.0)
+    legacy = settings()
+    del legacy.max_drift_meV_per_atom_per_ps  # settings objects from before the threshold existed
+    check_settings(legacy, ("nve",), ("maxwell-boltzmann",))

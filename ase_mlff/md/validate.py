@@ -11,6 +11,8 @@ import warnings
 import numpy as np
 from ase import Atoms
 
+from ..batch import check_positions
+
 #: atoms closer than this (Å) overlap: no bonded pair is shorter than ~0.74 Å (H₂)
 MIN_DISTANCE = 0.5
 #: above this timestep (fs) hydrogen vibrations (period ~9 fs) are integrated badly
@@ -29,8 +31,8 @@ def check_settings(settings, ensembles, velocity_modes) -> None:
     if not settings.steps > 0:
         raise ValueError(f"the number of steps must be a positive integer, got {settings.steps}")
     if not (np.isfinite(settings.timestep_fs) and settings.timestep_fs > 0):
-        raise ValueError(f"the timestep must be positive, got {settings.timestep_fs} fs; "
-                         "0.5 fs is a safe choice with hydrogen")
+        raise ValueError(f"the timestep must be a finite positive number of fs, got "
+                         f"{settings.timestep_fs} fs; 0.5 fs is a safe choice with hydrogen")
     if not settings.temperature_K >= 0:
         raise ValueError(f"the temperature must be >= 0 K, got {settings.temperature_K} K")
     if settings.ensemble == "langevin" and not settings.friction_per_fs > 0:
@@ -46,30 +48,53 @@ def check_settings(settings, ensembles, velocity_modes) -> None:
             raise ValueError(f"{name} must be at least 1 step, got {getattr(settings, name)}")
     if settings.traj_interval < 0:
         raise ValueError(f"traj_interval must be >= 0 (0: no .traj frames), got {settings.traj_interval}")
+    max_drift = getattr(settings, "max_drift_meV_per_atom_per_ps", None)
+    if max_drift is not None and not max_drift >= 0:  # also refuses NaN
+        raise ValueError(f"the NVE drift threshold (--max-drift) must be a number >= 0 meV/atom/ps, "
+                         f"got {max_drift}; the default is 1.0")
 
 
 def check_structure(atoms: Atoms, timestep_fs: float) -> None:
-    """Overlapping atoms (error), non-finite positions (error), large timestep with H (warning)."""
+    """Overlapping atoms, periodic images included, and non-finite input (errors);
+    a large timestep with H (warning)."""
     if len(atoms) == 0:
         raise ValueError("the structure has no atoms")
-    if not np.isfinite(atoms.positions).all():
-        raise ValueError("the structure has non-finite positions")
+    check_positions(atoms.positions, atoms.numbers)
+    if not np.isfinite(atoms.cell.array).all():
+        raise ValueError(f"the cell {atoms.cell.array.tolist()} is not finite; fix the structure")
     if atoms.pbc.any() and atoms.cell.rank < int(atoms.pbc.sum()):
         raise ValueError(f"the structure is periodic along {atoms.pbc.tolist()} but its cell "
                          f"{atoms.cell.cellpar().round(3).tolist()} does not span those directions; "
                          "give a cell or set pbc=False")
-    if len(atoms) > 1:
-        from ase.neighborlist import neighbor_list
-
-        i, j, d = neighbor_list("ijd", atoms, MIN_DISTANCE)
-        if len(d):
-            k = int(np.argmin(d))
-            raise ValueError(
-                f"atoms {i[k]} ({atoms.get_chemical_symbols()[i[k]]}) and {j[k]} "
-                f"({atoms.get_chemical_symbols()[j[k]]}) are {d[k]:.3f} Å apart, closer than "
-                f"{MIN_DISTANCE} Å: the structure has overlapping atoms (duplicated atoms or a wrong "
-                "cell?); fix the structure file")
+    _check_overlaps(atoms)
     if timestep_fs > MAX_TIMESTEP_WITH_H and 1 in atoms.numbers:
         warnings.warn(f"a timestep of {timestep_fs:g} fs is above {MAX_TIMESTEP_WITH_H:g} fs with "
                       "hydrogen present: X-H vibrations will be integrated badly and energy will "
                       "drift; use --timestep-fs 0.5 (or deuterium masses)", MDWarning, stacklevel=3)
+
+
+def _check_overlaps(atoms: Atoms) -> None:
+    """Error for the closest pair under MIN_DISTANCE, periodic images included.
+
+    ASE's list leaves out only an atom's zero-shift self pair, so an atom
+    and its own image in a cell smaller than MIN_DISTANCE count too.
+    """
+    from ase.neighborlist import neighbor_list
+
+    i, j, d, shift = neighbor_list("ijdS", atoms, MIN_DISTANCE)
+    if not len(d):
+        return
+    k = int(np.argmin(d))
+    a, b, distance, image = int(i[k]), int(j[k]), float(d[k]), shift[k].tolist()
+    symbols = atoms.get_chemical_symbols()
+    cell = f"cell {atoms.cell.cellpar().round(3).tolist()} (lengths in Å, angles in degrees)"
+    if a == b:
+        raise ValueError(
+            f"atom {a} ({symbols[a]}) is {distance:.3f} Å from its own periodic image (cell shift "
+            f"{image}), closer than {MIN_DISTANCE} Å: the {cell} is too small along that direction "
+            "(wrong units or a missing cell?); fix the cell")
+    where = f" across the periodic boundary (cell shift {image}, {cell})" if any(image) else ""
+    raise ValueError(
+        f"atoms {a} ({symbols[a]}) and {b} ({symbols[b]}) are {distance:.3f} Å apart{where}, closer "
+        f"than {MIN_DISTANCE} Å: the structure has overlapping atoms (duplicated atoms or a wrong "
+        "cell?); fix the structure file")
