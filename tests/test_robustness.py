@@ -1,5 +1,5 @@
 """Bad input and hard numbers (issue #8): non-finite structures, float32 far from the
-origin, overlaps with periodic images.
+origin, overlaps with periodic images, and NVE verdicts from runs too short to judge.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from conftest import EPS32, ethanol, make_model, water
 from ase_mlff import MLFFCalculator
 from ase_mlff.batch import atoms_to_batch
 from ase_mlff.forces import model_dtype
+from ase_mlff.md.report import MIN_SWINGS, energy_conservation
 from ase_mlff.md.validate import MIN_DISTANCE, check_settings, check_structure
 from ase_mlff.neighbors import neighbor_list
 
@@ -220,3 +221,96 @@ def test_valid_settings_pass_with_or_without_a_drift_threshold():
     legacy = settings()
     del legacy.max_drift_meV_per_atom_per_ps  # settings objects from before the threshold existed
     check_settings(legacy, ("nve",), ("maxwell-boltzmann",))
+
+
+# -- NVE verdicts from short runs -------------------------------------------------------
+N_ATOMS = 9
+AMPLITUDE = 0.2  # meV/atom, a Verlet total-energy oscillation of ethanol at 0.5 fs
+PERIOD_PS = 0.005  # half the C-H stretch period: the total energy oscillates twice per period
+
+
+def series(duration_ps, drift=0.0, frame_ps=0.0005, phase=1.3, period_ps=PERIOD_PS, amplitude=AMPLITUDE):
+    """(t ps, E_tot eV, E_kin eV) of drift·t + a bounded oscillation, per atom in meV."""
+    t = np.arange(0.0, duration_ps + frame_ps / 2, frame_ps)
+    per_atom = drift * t + amplitude * np.cos(2 * np.pi * t / period_ps + phase)  # meV/atom
+    total = -1000.0 + per_atom * N_ATOMS * 1e-3
+    kinetic = 0.3 + 0.05 * np.sin(2 * np.pi * t / (2 * PERIOD_PS))
+    return t, total, kinetic
+
+
+def test_short_bounded_oscillation_is_undecided_not_a_failure():
+    t, total, kinetic = series(0.0095)  # 20 steps of 0.5 fs
+    report = energy_conservation(t, total, kinetic, N_ATOMS, max_drift=1.0)
+    # the least-squares slope alone is far beyond the threshold: before, this was a FAIL
+    assert abs(report.drift_meV_per_atom_per_ps) > 1.0
+    assert report.passed is None and report.verdict == "UNDECIDED"
+    assert report.slope_uncertainty_meV_per_atom_per_ps == pytest.approx(
+        6 * report.rms_fluctuation_meV_per_atom / report.duration_ps)
+    assert (getattr(report, "passed", True) is False) is False  # callers exit 0
+    text = report.format()
+    assert "UNDECIDED: run too short to judge drift (20 frames over 0.0095 ps; slope uncertainty ±" in text
+    # a PASS needs 6σ/T <= 1 meV/atom/ps: T >= 6σ, in ps
+    needed = 6 * report.rms_fluctuation_meV_per_atom / 1.0
+    assert f"vs threshold 1): run longer (without drift, a run of about {needed:.3g} ps" in text
+    assert report.as_dict()["verdict"] == "UNDECIDED" and None not in report.as_dict().values()
+
+
+def test_window_shorter_than_one_oscillation_is_undecided():
+    # 3 steps: the line follows part of one oscillation, whatever its residual says
+    t, total, kinetic = series(0.0015)
+    report = energy_conservation(t, total, kinetic, N_ATOMS, max_drift=1.0)
+    assert abs(report.drift_meV_per_atom_per_ps) > 1.0 + report.slope_uncertainty_meV_per_atom_per_ps
+    assert report.fluctuation_swings < MIN_SWINGS
+    assert report.passed is None
+    assert "swung" in report.format() and "part of one oscillation" in report.format()
+
+
+def test_long_run_of_the_same_oscillation_passes():
+    t, total, kinetic = series(2.0, frame_ps=0.001)
+    report = energy_conservation(t, total, kinetic, N_ATOMS, max_drift=1.0)
+    assert report.passed is True and report.verdict == "PASS"
+    assert "PASS: |drift| + uncertainty" in report.format()
+
+
+def test_strong_drift_fails_even_in_a_short_run():
+    t, total, kinetic = series(0.0095, drift=500.0)  # 4.75 meV/atom over the run, 24x the oscillation
+    report = energy_conservation(t, total, kinetic, N_ATOMS, max_drift=1.0)
+    assert report.passed is False and report.verdict == "FAIL"
+    assert "FAIL: |drift| - uncertainty" in report.format()
+
+
+def test_slope_uncertainty_bounds_the_slope_of_any_bounded_oscillation():
+    # the derivation in ase_mlff/md/report.py: random sums of oscillations, no drift, each
+    # over more than a period; the fitted slope must stay within ±u
+    rng = np.random.default_rng(0)
+    t = np.linspace(0.0, 1.0, 400)
+    for _ in range(300):
+        k = rng.integers(1, 4)
+        periods = rng.uniform(0.02, 0.9, k)
+        energy = sum(rng.uniform(0.1, 1) * np.cos(2 * np.pi * t / p + rng.uniform(0, 2 * np.pi))
+                     for p in periods)
+        report = energy_conservation(t, energy * N_ATOMS * 1e-3, 0 * t + 1, N_ATOMS)
+        if report.fluctuation_swings >= MIN_SWINGS:
+            assert abs(report.drift_meV_per_atom_per_ps) <= report.slope_uncertainty_meV_per_atom_per_ps
+    # ... and the bound is reached by a single step at mid-run (its worst case)
+    step = np.where(t < 0.5, -1.0, 1.0)
+    report = energy_conservation(t, step * N_ATOMS * 1e-3, 0 * t + 1, N_ATOMS)
+    assert report.drift_meV_per_atom_per_ps == pytest.approx(report.slope_uncertainty_meV_per_atom_per_ps,
+                                                             rel=0.02)
+
+
+def test_exactly_linear_series_is_decided_at_once():
+    t = np.linspace(0.0, 0.001, 3)
+    report = energy_conservation(t, 2.0 * t * N_ATOMS * 1e-3, 0 * t + 1, N_ATOMS, max_drift=1.0)
+    assert report.passed is False and report.slope_uncertainty_meV_per_atom_per_ps < 1e-9
+
+
+def test_undecided_report_can_be_stored_as_hdf5_attributes(tmp_path):
+    import h5py
+
+    t, total, kinetic = series(0.0095)
+    report = energy_conservation(t, total, kinetic, N_ATOMS)
+    with h5py.File(tmp_path / "r.h5", "w") as f:
+        for key, value in report.as_dict().items():  # as the driver stores /report
+            f.attrs[key] = value
+        assert f.attrs["verdict"] == "UNDECIDED" and "passed" not in f.attrs

@@ -11,12 +11,38 @@ force field, too large a timestep, or round-off. With n atoms and t in ps:
     drift  = slope of least-squares fit    ``np.polyfit(t, E, 1)[0] / n`` (meV/atom/ps)
     drift ratio = |drift| · n · T / σ(E_kin)  total drift over the run T, relative to the
                                            kinetic-energy fluctuation
-    RMS fluctuation                        std of E about the linear fit, per atom
+    RMS fluctuation σ                      std of E about the linear fit, per atom
+    slope uncertainty u = 6 σ / T          ``SLOPE_BOUND_PER_RMS * rms / duration``
+    swings                                 ``_swings(residual, rms / 2)``
     max |E(t) − E(0)|                      per atom
     =====================================  ==========================================
 
-All from the float64 energies stored in the HDF5 file. PASS when
-|drift| ≤ ``max_drift`` (meV/atom/ps).
+All from the float64 energies stored in the HDF5 file.
+
+Verdict, with threshold m = ``max_drift`` (meV/atom/ps): PASS when
+|drift| + u ≤ m, FAIL when |drift| − u > m, UNDECIDED (``passed`` None)
+when m lies inside the band, or when the run is too short for u to mean
+anything (fewer than ``MIN_SWINGS`` swings, below).
+
+Why u = 6σ/T and not the textbook σ·√(12/F)/T: the residuals of a Verlet
+total energy are not independent samples but a bounded oscillation, strongly
+correlated from frame to frame; recording more frames over the same time
+adds no information, so an uncertainty that shrinks as 1/√F would call
+noise a drift (a 20-step ethanol run "failed" at +6.9 meV/atom/ps that
+way). Instead the bound is the worst case: a zero-mean oscillation bounded
+by ±A tilts the least-squares line by at most Σ|t−t̄|·A / Σ(t−t̄)² = 3A/T
+(continuous limit), reached by a single step from −A to +A at mid-run, whose
+detrended RMS is A/2; so |slope error| ≤ 6σ/T, with σ measured. A sine
+over exactly one period fakes 4.3σ/T, over k periods ∝ 1/k. That assumes
+the run spans at least about one period of the fluctuation: a window
+shorter than that sees part of one oscillation, whose linear part hides in
+the slope while the residual keeps only its curvature (half a sine period
+fakes 27σ/T). This is checked: the detrended residual must swing from
+above +σ/2 to below −σ/2 (or back) at least ``MIN_SWINGS`` times (the
+single step swings 3 times, a window shorter than a period at most 3, k
+periods about 2k); with fewer, no verdict is given. A series straight to
+within the round-off of the float64 energies has no oscillation to mistake
+and needs no such check.
 """
 
 from __future__ import annotations
@@ -29,10 +55,23 @@ import numpy as np
 #: default ``--max-drift``, meV/atom/ps (see the README: measured drifts of the
 #: shipped potentials at 0.5 fs are well below it, a broken model is far above)
 DEFAULT_MAX_DRIFT = 1.0
+#: |slope error| ≤ this × detrended RMS / duration for a bounded oscillation (module doc)
+SLOPE_BOUND_PER_RMS = 6.0
+#: swings of the residual across ±σ/2 needed before the bound is trusted (module doc)
+MIN_SWINGS = 4
 
 
 @dataclass(frozen=True)
 class ConservationReport:
+    """Energy conservation of an NVE run (module doc: quantities and verdict).
+
+    Attributes:
+        passed: True (PASS), False (FAIL), None (UNDECIDED: run too short).
+        slope_uncertainty_meV_per_atom_per_ps: u = 6σ/T, the most a bounded
+            fluctuation of the measured RMS can tilt the fitted slope.
+        fluctuation_swings: swings of the detrended energy across ±σ/2.
+    """
+
     n_frames: int
     duration_ps: float
     drift_meV_per_atom_per_ps: float
@@ -40,25 +79,50 @@ class ConservationReport:
     rms_fluctuation_meV_per_atom: float
     max_deviation_meV_per_atom: float
     max_drift_meV_per_atom_per_ps: float
-    passed: bool
+    passed: bool | None
+    slope_uncertainty_meV_per_atom_per_ps: float
+    fluctuation_swings: int
 
     @property
     def verdict(self) -> str:
-        return "PASS" if self.passed else "FAIL"
+        return {True: "PASS", False: "FAIL", None: "UNDECIDED"}[self.passed]
 
     def as_dict(self) -> dict:
-        return {"kind": "energy_conservation", **asdict(self), "verdict": self.verdict}
+        """Fields and verdict; ``passed`` is left out when None (HDF5 attributes cannot hold None)."""
+        fields = {k: v for k, v in asdict(self).items() if v is not None}
+        return {"kind": "energy_conservation", **fields, "verdict": self.verdict}
 
     def format(self) -> str:
         return "\n".join([
             f"Energy conservation (NVE, {self.n_frames} frames over {self.duration_ps:.4g} ps):",
-            f"  drift of total energy      {self.drift_meV_per_atom_per_ps:+.4g} meV/atom/ps",
+            f"  drift of total energy      {self.drift_meV_per_atom_per_ps:+.4g} "
+            f"± {self.slope_uncertainty_meV_per_atom_per_ps:.2g} meV/atom/ps",
             f"  drift / E_kin fluctuation  {self.drift_to_kinetic_fluctuation:.4g}",
             f"  RMS fluctuation            {self.rms_fluctuation_meV_per_atom:.4g} meV/atom",
             f"  max |E(t) - E(0)|          {self.max_deviation_meV_per_atom:.4g} meV/atom",
-            f"  {self.verdict}: |drift| {'<=' if self.passed else '>'} "
-            f"{self.max_drift_meV_per_atom_per_ps:g} meV/atom/ps (--max-drift)",
+            f"  {self.verdict}: {self.explanation()}",
         ])
+
+    def explanation(self) -> str:
+        """One sentence: why PASS, FAIL or UNDECIDED."""
+        drift, u = abs(self.drift_meV_per_atom_per_ps), self.slope_uncertainty_meV_per_atom_per_ps
+        threshold = f"{self.max_drift_meV_per_atom_per_ps:g} meV/atom/ps (--max-drift)"
+        if self.passed is True:
+            return f"|drift| + uncertainty = {drift + u:.3g} <= {threshold}"
+        if self.passed is False:
+            return f"|drift| - uncertainty = {drift - u:.3g} > {threshold}"
+        run = f"{self.n_frames} frames over {self.duration_ps:.4g} ps"
+        if self.fluctuation_swings < MIN_SWINGS:
+            return (f"run too short to judge drift ({run}: the energy fluctuation swung "
+                    f"{self.fluctuation_swings} times about the fitted line, fewer than {MIN_SWINGS}, "
+                    "so a drift cannot be told from part of one oscillation): run longer")
+        longer = ""
+        if self.max_drift_meV_per_atom_per_ps > 0:
+            # u = 6σ/T falls as 1/T while σ stays bounded: without drift, PASS once 6σ/T <= threshold
+            needed = self.duration_ps * u / self.max_drift_meV_per_atom_per_ps
+            longer = f" (without drift, a run of about {needed:.3g} ps at this fluctuation would PASS)"
+        return (f"run too short to judge drift ({run}; slope uncertainty ±{u:.3g} meV/atom/ps vs "
+                f"threshold {self.max_drift_meV_per_atom_per_ps:g}): run longer{longer}")
 
 
 @dataclass(frozen=True)
@@ -79,7 +143,7 @@ class TemperatureReport:
 
 def energy_conservation(time_ps, total_energy, kinetic_energy, n_atoms: int,
                         max_drift: float = DEFAULT_MAX_DRIFT) -> ConservationReport:
-    """Drift and fluctuation statistics of the total energy.
+    """Drift and fluctuation statistics of the total energy, and the verdict (module doc).
 
     Args:
         time_ps: [F] ps. total_energy, kinetic_energy: [F] eV (float64).
@@ -94,22 +158,50 @@ def energy_conservation(time_ps, total_energy, kinetic_energy, n_atoms: int,
                          "run more steps or record HDF5 frames more often (--h5-interval)")
     if not (np.isfinite(e).all() and np.isfinite(t).all()):
         raise ValueError("total energies are not finite; the run blew up")
+    if not max_drift >= 0:
+        raise ValueError(f"max_drift must be a number >= 0 meV/atom/ps, got {max_drift}")
     t0 = t - t[0]
     duration = float(t0[-1])
     # fit in meV relative to E(0): keeps the fit well conditioned for large |E|
     de = (e - e[0]) * 1e3 / n_atoms  # [F], meV/atom
     slope, intercept = np.polyfit(t0, de, 1)
     residual = de - (slope * t0 + intercept)
+    rms = float(np.sqrt(np.mean(residual**2)))  # meV/atom
     kinetic_std = float(np.std(k)) * 1e3 / n_atoms  # meV/atom
     ratio = abs(slope) * duration / kinetic_std if kinetic_std > 0 else float("inf")
     drift = float(slope)
+    uncertainty = SLOPE_BOUND_PER_RMS * rms / duration  # meV/atom/ps
+    swings = _swings(residual, 0.5 * rms)
+    # a residual at the round-off of the energies themselves: a straight line, no oscillation
+    round_off = 4 * np.finfo(np.float64).eps * float(np.max(np.abs(e))) * 1e3 / n_atoms  # meV/atom
+    straight = rms <= round_off
     return ConservationReport(
         n_frames=len(t), duration_ps=duration, drift_meV_per_atom_per_ps=drift,
-        drift_to_kinetic_fluctuation=float(ratio),
-        rms_fluctuation_meV_per_atom=float(np.sqrt(np.mean(residual**2))),
+        drift_to_kinetic_fluctuation=float(ratio), rms_fluctuation_meV_per_atom=rms,
         max_deviation_meV_per_atom=float(np.max(np.abs(de))),
-        max_drift_meV_per_atom_per_ps=float(max_drift), passed=bool(abs(drift) <= max_drift),
+        max_drift_meV_per_atom_per_ps=float(max_drift),
+        passed=_verdict(abs(drift), uncertainty, float(max_drift), swings >= MIN_SWINGS or straight),
+        slope_uncertainty_meV_per_atom_per_ps=float(uncertainty), fluctuation_swings=swings,
     )
+
+
+def _verdict(drift: float, uncertainty: float, max_drift: float, long_enough: bool) -> bool | None:
+    """PASS (True) / FAIL (False) when the whole band drift ± uncertainty is on one side."""
+    if not long_enough:
+        return None
+    if drift - uncertainty > max_drift:
+        return False
+    if drift + uncertainty <= max_drift:
+        return True
+    return None
+
+
+def _swings(residual: np.ndarray, band: float) -> int:
+    """Times the series goes from above +band to below −band or back (hysteresis:
+    round-off wiggles about zero are not counted)."""
+    side = np.where(residual > band, 1, np.where(residual < -band, -1, 0))
+    side = side[side != 0]
+    return int(np.count_nonzero(side[1:] != side[:-1]))
 
 
 def temperature_statistics(temperature, target_K: float) -> TemperatureReport:
