@@ -33,7 +33,8 @@ parser.add_argument("--timestep-fs", type=float, default=0.5)
 parser.add_argument("--temperature", type=float, default=300.0)
 parser.add_argument("--dtype", default="float32")
 parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: MLFF_NUM_THREADS or the cores available)")
+parser.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: MLFF_NUM_THREADS or the cores available)")
 args = parser.parse_args()
 
 atoms = read(args.structure)
