@@ -18,6 +18,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from .batch import Batch, atoms_to_batch, check_positions, dtype_name, resolve_device, resolve_dtype
+from .compiled import compiled, evaluate
 from .forces import compute
 from .io import load_model
 from .models import Potential
@@ -37,6 +38,9 @@ class MLFFCalculator(Calculator):
             from the origin), energies are summed and forces returned in float64.
         neighbor_backend: "auto", "torch-cluster" or "torch" (see :mod:`ase_mlff.neighbors`).
         num_threads: torch CPU threads (see :mod:`ase_mlff.threads`).
+        compile: evaluate the network under ``torch.compile`` (dynamic atom and
+            edge counts; compiled at the first call, eager with one warning where
+            compilation is unavailable; see :mod:`ase_mlff.compiled`).
         skin: Å. Between calls the neighbor list is reused while no atom has
             moved more than skin/2 (exact: see ``_SkinNeighborList``); 0
             rebuilds it on every call.
@@ -46,7 +50,7 @@ class MLFFCalculator(Calculator):
 
     def __init__(self, model: str | os.PathLike | Potential, device: str = "auto",
                  dtype: str = "float32", neighbor_backend: str = "auto",
-                 num_threads: int | None = None, skin: float = 1.0, **kwargs):
+                 num_threads: int | None = None, skin: float = 1.0, compile: bool = False, **kwargs):
         super().__init__(**kwargs)
         if isinstance(model, Potential):
             name = f"<{model.architecture} in memory>"
@@ -71,13 +75,15 @@ class MLFFCalculator(Calculator):
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)  # forces need dE/dr, never dE/dweights
+        self.compile = bool(compile)
+        self.evaluator = compiled(self.model) if self.compile else self.model
         if not skin >= 0:
             raise ValueError(f"skin must be >= 0 Å, got {skin}")
         self.neighbor_list = NeighborList(self.model.cutoff, neighbor_backend)
         self._skin_list = _SkinNeighborList(self.neighbor_list, skin)
         # JSON-serialisable, so the calculator can be written into .traj files
         self.parameters.update(model=name, device=str(self.device), dtype=dtype_name(self.dtype),
-                               neighbor_backend=neighbor_backend, skin=float(skin))
+                               neighbor_backend=neighbor_backend, skin=float(skin), compile=self.compile)
         self._batch: Batch | None = None
         self._state: Atoms | None = None  # private copy of the last atoms computed
 
@@ -136,7 +142,8 @@ class MLFFCalculator(Calculator):
             )
         batch = self._batch_for(atoms, system_changes)
         neighbors = self._skin_list(batch, batch.numbers, atoms.arrays["positions"])
-        output = compute(self.model, batch, neighbors, forces=True, stress=want_stress, dtype=self.dtype)
+        output = evaluate(self.evaluator, lambda m: compute(m, batch, neighbors, forces=True, stress=want_stress,
+                                                            dtype=self.dtype))
         energy = float(output.energy[0].detach())
         results = {
             "energy": energy,
@@ -168,8 +175,9 @@ class MLFFCalculator(Calculator):
                     "all directions: drop 'stress' from properties or give them cells"
                 )
         batch = self._make_batch(structures)
-        output = compute(self.model, batch, self.neighbor_list(batch), forces=True, stress=want_stress,
-                         dtype=self.dtype)
+        neighbors = self.neighbor_list(batch)
+        output = evaluate(self.evaluator, lambda m: compute(m, batch, neighbors, forces=True, stress=want_stress,
+                                                            dtype=self.dtype))
         energy = output.energy.detach().cpu().numpy()
         energies = output.energies.detach().cpu().numpy()
         forces = output.forces.detach().cpu().numpy().astype(np.float64)

@@ -10,12 +10,13 @@ import ase.io.formats
 import h5py
 import numpy as np
 import pytest
+from ase import units
 from ase.build import molecule
 from ase.io import write
 from test_md_fixtures import ar_files, frames, invoke, one_line_error  # noqa: F401
 
 from ase_mlff import save_model
-from ase_mlff.md.h5 import FRAME_FIELDS
+from ase_mlff.md.h5 import FRAME_FIELDS_V2
 
 RUN_AR = ("run", "--timestep-fs", "5", "--temperature", "30", "--seed", "7", "-q")
 
@@ -23,7 +24,8 @@ RUN_AR = ("run", "--timestep-fs", "5", "--temperature", "30", "--seed", "7", "-q
 def test_outputs_exist_and_agree(tmp_path, ar_files):
     structure, model = ar_files
     out = tmp_path / "ar"
-    result = invoke(*RUN_AR, structure, "-m", model, "--steps", 200, "-o", out)
+    # 600 steps of 5 fs: long enough for the drift fit to decide (shorter runs are UNDECIDED)
+    result = invoke(*RUN_AR, structure, "-m", model, "--steps", 600, "-o", out)
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output
     for suffix in (".traj", ".h5", ".log"):
@@ -32,8 +34,8 @@ def test_outputs_exist_and_agree(tmp_path, ar_files):
     assert ase.io.formats.filetype(str(tmp_path / "ar.h5")) == "mlff-h5"
     via_plugin = ase.io.read(tmp_path / "ar.h5", ":")  # the ase.ioformats entry point
     steps = frames(tmp_path / "ar.h5", "step")
-    np.testing.assert_array_equal(steps, np.arange(0, 201, 10))
-    assert len(traj) == len(via_plugin) == 21
+    np.testing.assert_array_equal(steps, np.arange(0, 601, 10))
+    assert len(traj) == len(via_plugin) == 61
     for a, b in zip(traj, via_plugin):
         # both files are written from the same state: identical numbers
         np.testing.assert_array_equal(a.positions, b.positions)
@@ -45,35 +47,42 @@ def test_outputs_exist_and_agree(tmp_path, ar_files):
     kinetic = frames(tmp_path / "ar.h5", "kinetic_energy")
     np.testing.assert_array_equal(total, potential + kinetic)
     np.testing.assert_allclose(kinetic, [a.get_kinetic_energy() for a in traj], rtol=1e-12)
+    # the cluster starts without drift or rotation, which NVE keeps: 3N - 6 degrees of freedom
+    with h5py.File(tmp_path / "ar.h5", "r") as f:
+        dof = f["systems/0"].attrs["dof"]
+    assert dof == 3 * 13 - 6
     np.testing.assert_allclose(frames(tmp_path / "ar.h5", "temperature"),
-                               [a.get_temperature() for a in traj], rtol=1e-12)
+                               [2 * a.get_kinetic_energy() / (dof * units.kB) for a in traj], rtol=1e-12)
     log_rows = [line.split() for line in (tmp_path / "ar.log").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
-    assert [int(r[0]) for r in log_rows] == [0, 100, 200]
+    assert [int(r[0]) for r in log_rows] == [0, 100, 200, 300, 400, 500, 600]
     np.testing.assert_allclose([float(r[2]) for r in log_rows], total[::10], atol=1e-8)
 
 
 def test_hdf5_schema_units_and_metadata(tmp_path, ar_files):
     structure, model = ar_files
     out = tmp_path / "ar"
-    result = invoke(*RUN_AR, structure, "-m", model, "--steps", 50, "-o", out)
+    result = invoke(*RUN_AR, structure, "-m", model, "--steps", 600, "--h5-interval", 120, "-o", out)
     assert result.exit_code == 0, result.output
     n = 13
     with h5py.File(tmp_path / "ar.h5", "r") as f:
         assert f.attrs["format"] == "ase-mlff-md"
         assert f.attrs["status"] == "completed"
-        assert f.attrs["n_frames"] == 6
-        for name, (per_atom, shape, dtype, units) in FRAME_FIELDS.items():
-            ds = f["frames"][name]
+        assert f.attrs["n_frames"] == 6 and f.attrs["format_version"] == 2 and f.attrs["n_systems"] == 1
+        for name, (per_atom, shape, dtype, unit) in FRAME_FIELDS_V2.items():
+            ds = f["systems/0/frames"][name]
             assert ds.shape == (6, *((n,) if per_atom else ()), *shape), name
             assert ds.dtype == dtype
             assert ds.maxshape[0] is None and ds.chunks is not None  # resizable, chunked
-            assert ds.attrs["units"] == units
-        np.testing.assert_array_equal(f["numbers"][:], [18] * n)
-        np.testing.assert_allclose(f["masses"][:], 39.948, rtol=1e-6)
-        assert f["masses"].attrs["units"] == "amu"
-        assert f["cell"].shape == (3, 3) and f["pbc"].shape == (3,)
-        np.testing.assert_allclose(f["frames/time"][:], f["frames/step"][:] * 5e-3)
+            assert ds.attrs["units"] == unit
+        np.testing.assert_array_equal(f["systems/0/numbers"][:], [18] * n)
+        np.testing.assert_allclose(f["systems/0/masses"][:], 39.948, rtol=1e-6)
+        assert f["systems/0/masses"].attrs["units"] == "amu"
+        assert f["systems/0/cell"].shape == (3, 3) and f["systems/0/pbc"].shape == (3,)
+        np.testing.assert_allclose(f["systems/0/frames/time"][:], f["systems/0/frames/step"][:] * 5e-3)
+        system = f["systems/0"].attrs
+        assert system["status"] == "completed" and system["n_atoms"] == n and system["label"] == "system 0"
+        assert f["systems/0/fixed"].shape == (0,)
         attrs = f.attrs
         assert attrs["ensemble"] == "nve" and attrs["seed"] == 7
         assert attrs["timestep_fs"] == 5.0 and attrs["temperature_K"] == 30.0
@@ -82,14 +91,16 @@ def test_hdf5_schema_units_and_metadata(tmp_path, ar_files):
         assert "mlff-md" in attrs["command_line"]
         versions = json.loads(attrs["versions"])
         assert {"ase-mlff", "ase", "torch", "h5py", "numpy"} <= set(versions)
-        report = f["report"].attrs
+        report = f["systems/0/report"].attrs
         assert report["verdict"] == "PASS" and attrs["energy_conservation"] == "PASS"
+        assert system["energy_conservation"] == "PASS"
         assert np.isfinite(report["drift_meV_per_atom_per_ps"])
         checkpoint = f["checkpoint"]
-        assert checkpoint.attrs["step"] == 50
+        assert checkpoint.attrs["step"] == 600
         current = checkpoint[checkpoint.attrs["slot"]]
-        assert current.attrs["step"] == 50
-        np.testing.assert_array_equal(current["positions"][:], f["frames/positions"][-1])
+        assert current.attrs["step"] == 600
+        np.testing.assert_array_equal(current["systems"][:], [0])
+        np.testing.assert_array_equal(current["positions"][:], f["systems/0/frames/positions"][-1])
 
 
 def test_velocities_in_h5_are_in_angstrom_per_fs(tmp_path, ar_files):
@@ -134,7 +145,7 @@ def test_frame_index_and_input_velocities(tmp_path, ar_files):
 
 def test_report_and_plot(tmp_path, ar_files):
     structure, model = ar_files
-    assert invoke(*RUN_AR, structure, "-m", model, "--steps", 100, "-o", tmp_path / "ar").exit_code == 0
+    assert invoke(*RUN_AR, structure, "-m", model, "--steps", 600, "-o", tmp_path / "ar").exit_code == 0
     result = invoke("report", tmp_path / "ar.h5", "--plot", tmp_path / "ar.png")
     assert result.exit_code == 0, result.output
     assert "meV/atom/ps" in result.output and "PASS" in result.output
@@ -146,10 +157,10 @@ def test_report_and_plot(tmp_path, ar_files):
 
 def test_failed_check_gives_nonzero_exit(tmp_path, ar_files):
     structure, model = ar_files
-    result = invoke(*RUN_AR, structure, "-m", model, "--steps", 50, "-o", tmp_path / "ar", "--max-drift", "0")
+    result = invoke(*RUN_AR, structure, "-m", model, "--steps", 600, "-o", tmp_path / "ar", "--max-drift", "0")
     assert result.exit_code == 1 and "FAIL" in result.output
     with h5py.File(tmp_path / "ar.h5", "r") as f:
-        assert f["report"].attrs["verdict"] == "FAIL"
+        assert f["systems/0/report"].attrs["verdict"] == "FAIL"
 
 
 def test_convert(tmp_path, ar_files):
@@ -177,8 +188,8 @@ def test_thermostat_runs_report_temperature(tmp_path, ar_files, ensemble):
     assert result.exit_code == 0, result.output
     assert "Temperature" in result.output and "target 30 K" in result.output
     with h5py.File(tmp_path / f"{ensemble}.h5", "r") as f:
-        temperature = f["frames/temperature"][:]
-        assert f["report"].attrs["mean_K"] == pytest.approx(temperature.mean())
+        temperature = f["systems/0/frames/temperature"][:]
+        assert f["systems/0/report"].attrs["mean_K"] == pytest.approx(temperature.mean())
         assert f.attrs["ensemble"] == ensemble
 
 

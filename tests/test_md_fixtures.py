@@ -69,7 +69,8 @@ def one_line_error(result) -> str:
     return errors[0]
 
 
-def frames(path, name):
+def frames(path, name, system: int = 0):
+    """One dataset of a system's frames (version-2 layout: /systems/<k>/frames)."""
     with h5py.File(path, "r") as f:
-        return f["frames"][name][:]
+        return f["systems"][str(system)]["frames"][name][:]
 

@@ -101,12 +101,14 @@ def test_overlap_across_periodic_boundary(tmp_path, ar_files):
     assert "0.200 Å apart" in line
 
 
-def test_several_frames_selected(tmp_path, ar_files):
+def test_frame_past_the_end_and_bad_index(tmp_path, ar_files):
     structure, model = ar_files
     assert invoke(*RUN, structure, "-m", model, "--steps", "20", "--timestep-fs", "5",
                   "-o", tmp_path / "ok").exit_code == 0
-    line = one_line_error(invoke(*RUN, f"{tmp_path / 'ok.traj'}@:", "-m", model, "-o", tmp_path / "bad"))
-    assert "choose one" in line
+    line = one_line_error(invoke(*RUN, f"{tmp_path / 'ok.traj'}@5", "-m", model, "-o", tmp_path / "bad"))
+    assert "frame 5 does not exist" in line
+    line = one_line_error(invoke(*RUN, f"{tmp_path / 'ok.traj'}@abc", "-m", model, "-o", tmp_path / "bad"))
+    assert "not a frame index" in line
 
 
 def test_input_velocities_missing(tmp_path, ar_files):

@@ -24,12 +24,10 @@ import warnings
 import numpy as np
 import pytest
 from ase.build import molecule
-from ase.calculators.calculator import Calculator, all_changes
 from test_md_fixtures import argon_cluster, frames
 
 from ase_mlff import MLFFCalculator
 from ase_mlff.md import run_md
-from ase_mlff.md.driver import initialize_velocities
 from ase_mlff.md.report import energy_conservation
 from ase_mlff.models import LennardJones
 from ase_mlff.units import kB
@@ -94,70 +92,80 @@ def test_conservation_statistics_against_synthetic_series():
     assert not energy_conservation(t, total, kinetic, n, max_drift=0.4).passed
 
 
+def initialize_velocities(atoms, temperature_K, seed, zero_momentum=True):
+    """Set the momenta of ``atoms`` as run_md does (system seed ``seed``); returns the dof."""
+    import torch
+
+    from ase_mlff.md.state import state_from_atoms
+    from ase_mlff.md.velocities import maxwell_boltzmann
+
+    state = state_from_atoms([atoms], torch.device("cpu"), [seed])
+    maxwell_boltzmann(state, torch.tensor([float(temperature_K)], dtype=torch.float64), zero_momentum)
+    atoms.set_momenta(state.momenta.numpy())
+    return float(state.dof[0])
+
+
 def test_maxwell_boltzmann_velocities_have_no_drift_or_rotation():
     atoms = molecule("CH3CH2OH")
-    initialize_velocities(atoms, 300.0, np.random.default_rng(1))
+    dof = initialize_velocities(atoms, 300.0, 1)
+    assert dof == 3 * 9 - 6  # drift and rotation removed, and not counted
     assert np.abs(atoms.get_momenta().sum(0)).max() < 1e-12
     assert np.abs(atoms.get_angular_momentum()).max() < 1e-10
     again = molecule("CH3CH2OH")
-    initialize_velocities(again, 300.0, np.random.default_rng(1))
+    initialize_velocities(again, 300.0, 1)
     np.testing.assert_array_equal(atoms.get_momenta(), again.get_momenta())
     # periodic systems keep their rotation-like modes (angular momentum is not conserved there)
     bulk = argon_cluster()
     bulk.cell, bulk.pbc = [20, 20, 20], True
-    initialize_velocities(bulk, 300.0, np.random.default_rng(1))
+    assert initialize_velocities(bulk, 300.0, 1) == 3 * 13 - 3
     assert np.abs(bulk.get_momenta().sum(0)).max() < 1e-12
+    # Langevin conserves neither: every degree of freedom counts
+    assert initialize_velocities(molecule("CH3CH2OH"), 300.0, 1, zero_momentum=False) == 27
 
 
 def test_initial_velocities_start_at_the_temperature_and_are_gaussian():
     atoms = molecule("CH3CH2OH")
-    initialize_velocities(atoms, 300.0, np.random.default_rng(3))
-    assert atoms.get_temperature() == pytest.approx(300.0, rel=1e-12)
-    # over many draws each component of v·sqrt(m/kT) is a unit normal: check mean, variance
-    # and kurtosis within ~4 standard errors of 400 x 27 samples
-    rng = np.random.default_rng(4)
+    dof = initialize_velocities(atoms, 300.0, 3)
+    assert 2 * atoms.get_kinetic_energy() / (dof * kB) == pytest.approx(300.0, rel=1e-12)
+    # over many draws each component of v·sqrt(m/kT) is a normal of variance dof/3N: check mean,
+    # variance and kurtosis within ~4 standard errors of 400 x 27 samples
     samples = []
-    for _ in range(400):
+    for seed in range(400):
         atoms = molecule("CH3CH2OH")
-        initialize_velocities(atoms, 300.0, rng)
+        initialize_velocities(atoms, 300.0, 1000 + seed)
         samples.append(atoms.get_velocities() * np.sqrt(atoms.get_masses()[:, None] / (kB * 300.0)))
     z = np.concatenate(samples).ravel()
     n = len(z)
     assert abs(z.mean()) < 4 / np.sqrt(n)
-    # the rescaling to E_kin = 3N/2 kT makes Σz² = 3N per draw, so the variance is 1 (a wrong
-    # degree-of-freedom count would show here); the Gaussian shape shows in the kurtosis
-    assert np.var(z) == pytest.approx(1.0, abs=4 * np.sqrt(2 / n))
+    # the rescaling to E_kin = n_dof kT/2 makes Σz² = n_dof per draw, so the variance is
+    # n_dof/3N (a wrong degree-of-freedom count would show here); the shape shows in the kurtosis
+    assert np.var(z) == pytest.approx(dof / 27, abs=4 * np.sqrt(2 / n))
     kurtosis = np.mean(z**4) / np.var(z) ** 2
     assert kurtosis == pytest.approx(3.0, abs=4 * np.sqrt(24 / n) + 0.1)
 
 
-class _FailingLJ(Calculator):
+class _FailingLJ(LennardJones):
     """Lennard-Jones that returns NaN from the ``fail_at``-th evaluation on."""
 
-    implemented_properties = ("energy", "forces")
-
-    def __init__(self, fail_at, **kwargs):
-        super().__init__(**kwargs)
-        from ase.calculators.lj import LennardJones as AseLJ
-
-        self.lj = AseLJ(sigma=SIGMA, epsilon=EPSILON, rc=3 * SIGMA, smooth=True)
+    def __init__(self, fail_at):
+        super().__init__(["Ar"], EPSILON, SIGMA, cutoff=3 * SIGMA)
         self.calls, self.fail_at = 0, fail_at
 
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
+    def forward(self, numbers, edge_index, edge_vectors):
         self.calls += 1
-        self.lj.calculate(atoms, ["energy", "forces"], system_changes)
-        self.results = {"energy": self.lj.results["energy"], "forces": self.lj.results["forces"].copy()}
-        if self.calls >= self.fail_at:
-            self.results["energy"] = float("nan")
+        energies = super().forward(numbers, edge_index, edge_vectors)
+        return energies * float("nan") if self.calls >= self.fail_at else energies
 
 
 def test_blow_up_on_non_finite_energy_keeps_good_frames(tmp_path):
-    result = run_md(argon_cluster(), _FailingLJ(fail_at=58), timestep_fs=5.0, temperature_K=30.0,
+    model = _FailingLJ(fail_at=58)
+    calc = MLFFCalculator(model, dtype="float64", num_threads=1)
+    calc.model.calls = 0  # the calculator evaluates a private copy
+    result = run_md(argon_cluster(), calc, timestep_fs=5.0, temperature_K=30.0,
                     steps=200, seed=1, output=tmp_path / "nan", h5_interval=5, traj_interval=5)
     # evaluation k (1-based) belongs to step k-1: the first NaN is at step 57
     assert result.status == "blew-up" and result.exit_code != 0
-    assert "step 57" in result.message and "potential energy is nan" in result.message
+    assert "step 57" in result.message and "potential energy is not finite" in result.message
     steps = frames(tmp_path / "nan.h5", "step")
     np.testing.assert_array_equal(steps, np.arange(0, 56, 5))
     assert np.isfinite(frames(tmp_path / "nan.h5", "total_energy")).all()

@@ -102,9 +102,9 @@ def test_sigkill_leaves_readable_file_that_restarts(tmp_path, ar_files):
         assert f.attrs["status"] == "running"
         n = f.attrs["n_frames"]
         assert n >= 10
-        assert {f["frames"][name].shape[0] for name in FRAME_FIELDS} == {n}
+        assert {f["systems/0/frames"][name].shape[0] for name in FRAME_FIELDS} == {n}
         checkpoint = int(f["checkpoint"].attrs["step"])
-        steps = f["frames/step"][:]
+        steps = f["systems/0/frames/step"][:]
     np.testing.assert_array_equal(steps, np.arange(0, 10 * n, 10))
     assert checkpoint >= steps[-1]
     assert len(read_frames(tmp_path / "killed.h5")) == n
@@ -131,7 +131,7 @@ def test_sigterm_closes_files_cleanly(tmp_path, ar_files):
         assert f.attrs["status"] == "interrupted"
         stop = int(f.attrs["last_step"])
         assert int(f["checkpoint"].attrs["step"]) == stop
-        assert f["frames/step"][-1] == stop - stop % 10
+        assert f["systems/0/frames/step"][-1] == stop - stop % 10
     assert "# interrupted: stopped by SIGTERM" in (tmp_path / "term.log").read_text()
     assert len(ase.io.read(tmp_path / "term.traj", ":")) == stop // 10 + 1
 

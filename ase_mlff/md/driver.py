@@ -1,366 +1,86 @@
-"""The MD driver: an ASE integrator with observers for HDF5, .traj, log and progress.
+"""Run and restart batched MD: the stages assembled.
 
     from ase_mlff import MLFFCalculator
     from ase_mlff.md import run_md
-    result = run_md(atoms, MLFFCalculator("model.pt"), ensemble="langevin",
+    result = run_md([atoms1, atoms2], MLFFCalculator("model.pt"), ensemble="langevin",
                     timestep_fs=0.5, temperature_K=300, friction_per_fs=0.01, steps=10_000, seed=1)
+    result = run_md(atoms, calc, replicas=256)      # 256 copies, independent velocities and noise
 
-Time stepping is ASE's (``VelocityVerlet``, ``Langevin``, ``Bussi``,
-``NoseHooverChainNVT``); everything this module adds is attached as observers,
-so its per-step work is one cheap sanity check plus buffered writes every
-``h5_interval``/``traj_interval``/``log_interval`` steps. Intervals count
-absolute steps (``step % interval == 0``), so a restarted run records the same
-steps as an uninterrupted one.
-
-========================  =======================================================
-user quantity (unit)      ASE argument
-========================  =======================================================
-``timestep_fs`` (fs)      ``timestep = timestep_fs * units.fs``
-``friction_per_fs`` (1/fs)  ``friction = friction_per_fs / units.fs``
-``taut_fs`` (fs)          Bussi ``taut`` / Nosé-Hoover ``tdamp`` = ``taut_fs * units.fs``
-``temperature_K`` (K)     ``temperature_K``
-========================  =======================================================
+structures -> :mod:`.state` (batched float64 state) -> :mod:`.velocities` ->
+:mod:`.forcefield` (per-system skin lists, one model call) ->
+:mod:`.integrators` -> :mod:`.loop` (blow-ups, intervals) -> :mod:`.writers`
+(HDF5, .traj, log) -> :mod:`.report`.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-import signal
-import sys
-import threading
+
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+import torch
 from ase import Atoms
 
 from .. import units
 from ..files import atomic_write
-from .h5 import H5Writer, read_checkpoint
-from .report import DEFAULT_MAX_DRIFT, energy_conservation, temperature_statistics
-from .validate import check_settings, check_structure
+from .forcefield import ForceField
+from .h5 import read_checkpoint
+from .integrators import Integrator, init_thermostat
+from .lock import OutputLock
+from .loop import Simulation, with_signals
+from .noise import system_seeds
+from .report import energy_conservation, temperature_statistics
+from .settings import ENSEMBLES, VELOCITY_MODES, MDSettings
+from .state import MDState, fixed_atoms, state_from_atoms
+from .validate import check_structure
+from .velocities import maxwell_boltzmann
+from .writers import Outputs, all_paths, output_paths, system_infos
 
-ENSEMBLES = ("nve", "langevin", "bussi", "nose-hoover")
-VELOCITY_MODES = ("maxwell-boltzmann", "input")
 EXIT_BLOWUP = 3
-SUFFIXES = {"traj": ".traj", "h5": ".h5", "log": ".log"}
-
-
-@dataclass(frozen=True)
-class MDSettings:
-    """Everything that defines a run (stored in the HDF5 file, reused by restarts).
-
-    ``steps`` is the total number of steps of the run, counted from step 0.
-    """
-
-    ensemble: str = "nve"
-    timestep_fs: float = 0.5
-    temperature_K: float = 300.0
-    friction_per_fs: float = 0.01
-    taut_fs: float = 100.0
-    steps: int = 1000
-    seed: int | None = None
-    velocities: str = "maxwell-boltzmann"
-    traj_interval: int = 10
-    h5_interval: int = 10
-    log_interval: int = 100
-    flush_every: int = 100
-    max_drift_meV_per_atom_per_ps: float = DEFAULT_MAX_DRIFT
+__all__ = ["ENSEMBLES", "VELOCITY_MODES", "MDSettings", "MDResult", "run_md", "restart_md"]
 
 
 @dataclass
 class MDResult:
-    """Outcome of a run. ``status``: "completed", "blew-up" or "interrupted"."""
+    """Outcome of a run. ``status``: "completed", "blew-up" (every system) or "interrupted".
+
+    ``systems``: one dict per system (label, n_atoms, status, message, report).
+    ``report``: the first system's report (one-system runs).
+    """
 
     status: str
     message: str
     last_step: int
     settings: MDSettings
     paths: dict
-    report: object | None = None
+    systems: list = field(default_factory=list)
     wall_s: float = 0.0
     steps_run: int = 0
+    compile_s: float | None = None
+
+    @property
+    def report(self):
+        return self.systems[0]["report"] if self.systems else None
+
+    @property
+    def n_atoms(self) -> int:
+        return sum(s["n_atoms"] for s in self.systems)
 
     @property
     def exit_code(self) -> int:
-        if self.status == "blew-up":
+        """3 if any system blew up, 130 if interrupted, 1 if an energy check failed, else 0."""
+        if self.status == "blew-up" or any(s["status"] == "blew-up" for s in self.systems):
             return EXIT_BLOWUP
         if self.status == "interrupted":
             return 130
-        if self.report is not None and getattr(self.report, "passed", True) is False:
+        if any(getattr(s["report"], "passed", True) is False for s in self.systems):
             return 1
         return 0
-
-
-class BlowUp(RuntimeError):
-    def __init__(self, step: int, reason: str):
-        super().__init__(f"simulation blew up at step {step}: {reason}")
-        self.step, self.reason = step, reason
-
-
-class _Stop(Exception):
-    """Raised at a step boundary after SIGINT/SIGTERM asked the run to stop."""
-
-
-def output_paths(output: str | os.PathLike) -> dict[str, Path]:
-    """{"traj", "h5", "log"} -> path for an output prefix."""
-    prefix = str(output)
-    for suffix in SUFFIXES.values():  # "-o run.h5" means the prefix "run"
-        if prefix.endswith(suffix):
-            prefix = prefix[: -len(suffix)]
-    return {kind: Path(prefix + suffix) for kind, suffix in SUFFIXES.items()}
-
-
-def existing_outputs(output) -> list[Path]:
-    return [p for p in output_paths(output).values() if p.exists()]
-
-
-def make_integrator(atoms: Atoms, settings: MDSettings, rng: np.random.Generator):
-    """The ASE integrator for ``settings.ensemble``, in ASE units."""
-    dt = settings.timestep_fs * units.fs
-    name = settings.ensemble
-    if name == "nve":
-        from ase.md.verlet import VelocityVerlet
-
-        return VelocityVerlet(atoms, timestep=dt)
-    if name == "langevin":
-        from ase.md.langevin import Langevin
-
-        # fixcm=False: ASE deprecates the centre-of-mass correction (it biases NVT sampling)
-        return Langevin(atoms, timestep=dt, temperature_K=settings.temperature_K,
-                        friction=settings.friction_per_fs / units.fs, fixcm=False, rng=rng)
-    if name == "bussi":
-        try:
-            from ase.md.bussi import Bussi
-        except ImportError:
-            raise ValueError("the Bussi thermostat needs ASE >= 3.24: pip install -U ase") from None
-        return Bussi(atoms, timestep=dt, temperature_K=settings.temperature_K,
-                     taut=settings.taut_fs * units.fs, rng=rng)
-    if name == "nose-hoover":
-        try:
-            from ase.md.nose_hoover_chain import NoseHooverChainNVT
-        except ImportError:
-            raise ValueError("the Nosé-Hoover chain needs ASE >= 3.24: pip install -U ase") from None
-        return NoseHooverChainNVT(atoms, timestep=dt, temperature_K=settings.temperature_K,
-                                  tdamp=settings.taut_fs * units.fs)
-    raise ValueError(f"unknown ensemble {name!r}; valid: {', '.join(ENSEMBLES)}")
-
-
-def _thermostat_state(dyn) -> dict:
-    state = {}
-    if hasattr(dyn, "transferred_energy"):  # Bussi
-        state["transferred_energy"] = float(dyn.transferred_energy)
-    thermostat = getattr(dyn, "_thermostat", None)  # Nosé-Hoover chain
-    if thermostat is not None:
-        state["eta"] = thermostat._eta.tolist()
-        state["p_eta"] = thermostat._p_eta.tolist()
-    return state
-
-
-def _restore_thermostat(dyn, state: dict) -> None:
-    if "transferred_energy" in state:
-        dyn.transferred_energy = state["transferred_energy"]
-    if "eta" in state:
-        dyn._thermostat._eta = np.array(state["eta"], dtype=np.float64)
-        dyn._thermostat._p_eta = np.array(state["p_eta"], dtype=np.float64)
-
-
-def initialize_velocities(atoms: Atoms, temperature_K: float, rng: np.random.Generator) -> None:
-    """Maxwell-Boltzmann momenta, zero total momentum and, for non-periodic systems,
-    zero angular momentum, scaled so the run starts at exactly ``temperature_K``
-    (as ``Atoms.get_temperature`` counts it): a 9-atom sample would otherwise start
-    anywhere within ±25 % of the temperature asked for."""
-    from ase.md import velocitydistribution as vd
-
-    if hasattr(vd, "thermalize_momenta"):  # ASE >= 3.29 deprecates MaxwellBoltzmannDistribution
-        vd.thermalize_momenta(atoms, temperature_K, rng=rng)
-    else:
-        vd.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
-    if len(atoms) > 1:
-        vd.Stationary(atoms)
-    # rotations only for molecules; a linear or single-atom molecule has a zero
-    # moment of inertia, which ZeroRotation would divide by
-    if not atoms.pbc.any() and len(atoms) > 2 and atoms.get_moments_of_inertia().min() > 1e-8:
-        vd.ZeroRotation(atoms)
-    current = atoms.get_temperature()
-    if current > 0:
-        atoms.set_momenta(atoms.get_momenta() * np.sqrt(temperature_K / current))
-
-
-class _Simulation:
-    """One run: the integrator, its observers and the open output files."""
-
-    def __init__(self, atoms: Atoms, settings: MDSettings, paths: dict, rng, start_step: int,
-                 metadata: dict, mode: str, progress: bool, cutoff: float | None):
-        from ase.io.trajectory import Trajectory
-
-        self.atoms, self.settings, self.paths, self.rng = atoms, settings, paths, rng
-        self.calc = atoms.calc
-        self.dyn = make_integrator(atoms, settings, rng)
-        self.dyn.nsteps = start_step
-        self.start_step = start_step
-        self.masses = atoms.get_masses()[:, None]  # [N, 1], amu
-        self.dof = atoms.get_number_of_degrees_of_freedom()
-        self.fs_per_step = settings.timestep_fs
-        # blow-up limits: far beyond any target temperature; for molecules, atoms
-        # that left the initial extent by more than a few cutoffs have flown off
-        self.max_temperature = max(10.0 * settings.temperature_K, settings.temperature_K + 5000.0)
-        self.periodic = bool(atoms.pbc.any())
-        if not self.periodic:
-            extent = np.linalg.norm(atoms.positions - atoms.get_center_of_mass(), axis=1).max()
-            # a restart keeps the limit of the original start
-            default = extent + max(10.0, 2.0 * (cutoff or 5.0))
-            self.max_radius = float(metadata.get("max_radius_A", default))
-            metadata["max_radius_A"] = self.max_radius
-        self.stop_signal: str | None = None
-        self.h5 = H5Writer(paths["h5"], atoms, metadata, flush_every=settings.flush_every, mode=mode)
-        # properties named here and passed to write(): ASE then skips its per-property
-        # cache checks, which cost more than the rest of the frame
-        self.traj = Trajectory(str(paths["traj"]), "a" if mode == "a" else "w", atoms,
-                               properties=("energy", "forces"))
-        self.log = open(paths["log"], "a" if mode == "a" else "w", buffering=1, encoding="utf-8")
-        self.progress = _Progress(settings.steps, start_step) if progress else None
-        self.last_recorded = None
-        dyn = self.dyn
-        dyn.attach(self._check, interval=1)
-        dyn.attach(self._record, interval=settings.h5_interval)
-        if settings.traj_interval > 0:
-            dyn.attach(self._write_traj, interval=settings.traj_interval)
-        dyn.attach(self._log_line, interval=settings.log_interval)
-        if self.progress is not None:
-            dyn.attach(self._draw, interval=max(1, min(10, settings.steps // 100 or 1)))
-        # last, so that a step whose observers have begun records all its outputs
-        # before a SIGINT/SIGTERM stops the run there
-        dyn.attach(self._stop_if_signalled, interval=1)
-
-    # -- observers -----------------------------------------------------------
-    def _stop_if_signalled(self) -> None:
-        if self.stop_signal is not None:
-            raise _Stop(self.stop_signal)
-
-    def _check(self) -> None:
-        step = self.dyn.nsteps
-        results = self.calc.results
-        energy = results.get("energy")
-        if energy is None or not np.isfinite(energy):
-            raise BlowUp(step, f"potential energy is {energy}")
-        if not np.isfinite(results["forces"]).all():
-            raise BlowUp(step, "forces are not finite")
-        momenta = self.atoms.arrays["momenta"]
-        kinetic = 0.5 * float(np.vdot(momenta, momenta / self.masses))
-        temperature = 2.0 * kinetic / (self.dof * units.kB)
-        if not temperature <= self.max_temperature:  # also catches NaN
-            raise BlowUp(step, f"temperature {temperature:.4g} K is far beyond "
-                         f"{self.settings.temperature_K:g} K (limit {self.max_temperature:g} K)")
-        if not self.periodic and step % 10 == 0:
-            radius = np.linalg.norm(self.atoms.positions - self.atoms.get_center_of_mass(), axis=1)
-            if radius.max() > self.max_radius:
-                raise BlowUp(step, f"atom {int(radius.argmax())} is {radius.max():.3g} Å from the "
-                             f"centre of mass: atoms flew apart (limit {self.max_radius:.3g} Å)")
-
-    def _record(self) -> None:
-        atoms, step = self.atoms, self.dyn.nsteps
-        momenta = atoms.arrays["momenta"]
-        velocities = momenta / self.masses  # [N, 3], Å / ASE time
-        kinetic = 0.5 * float(np.vdot(momenta, velocities))
-        self.h5.append(step, step * self.fs_per_step * 1e-3, atoms.positions, velocities * units.fs,
-                       self.calc.results["forces"], self.calc.results["energy"], kinetic,
-                       2.0 * kinetic / (self.dof * units.kB))
-        self.last_recorded = step
-        if self.h5.due():
-            self.h5.flush(self.checkpoint())
-
-    def _write_traj(self) -> None:
-        results = self.calc.results
-        self.traj.write(self.atoms, energy=results["energy"], free_energy=results["energy"],
-                        forces=results["forces"])
-
-    def _log_line(self) -> None:
-        step = self.dyn.nsteps
-        epot = self.calc.results["energy"]
-        ekin = self.atoms.get_kinetic_energy()
-        temperature = 2.0 * ekin / (self.dof * units.kB)
-        self.log.write(f"{step:>10d} {step * self.fs_per_step * 1e-3:>12.5f} {epot + ekin:>16.8f} "
-                       f"{epot:>16.8f} {ekin:>14.8f} {temperature:>10.2f}\n")
-
-    def _draw(self) -> None:
-        ekin = self.atoms.get_kinetic_energy()
-        self.progress.draw(self.dyn.nsteps, 2.0 * ekin / (self.dof * units.kB),
-                           self.calc.results["energy"] + ekin)
-
-    # -- state -----------------------------------------------------------------
-    def checkpoint(self) -> dict:
-        return {
-            "step": self.dyn.nsteps,
-            "positions": self.atoms.positions,
-            "momenta": self.atoms.arrays["momenta"],
-            "rng_state": self.rng.bit_generator.state,
-            "thermostat": _thermostat_state(self.dyn),
-        }
-
-    def run(self) -> tuple[str, str]:
-        """Run to ``settings.steps``; returns (status, message)."""
-        remaining = self.settings.steps - self.dyn.nsteps
-        try:
-            self.dyn.run(steps=remaining)
-        except BlowUp as error:
-            return "blew-up", f"{error}; kept the frames up to step {self.last_recorded}"
-        except _Stop as stop:
-            return "interrupted", f"stopped by {stop} at step {self.dyn.nsteps}; files closed cleanly"
-        except Exception:
-            if not np.isfinite(self.atoms.positions).all():
-                step = self.dyn.nsteps + 1
-                return "blew-up", (f"simulation blew up at step {step}: positions are not finite; "
-                                   f"kept the frames up to step {self.last_recorded}")
-            raise
-        return "completed", f"completed {self.settings.steps} steps"
-
-    def close(self, status: str) -> None:
-        # after a blow-up or a crash the current state is not trustworthy: keep
-        # the previous checkpoint (a restart drops the frames recorded after it)
-        consistent = status in ("completed", "interrupted")
-        try:
-            self.h5.set_attrs(status=status, last_step=int(self.dyn.nsteps))
-            self.h5.close(self.checkpoint() if consistent else None)
-        finally:
-            self.traj.close()
-            self.log.close()
-            if self.progress is not None:
-                self.progress.finish()
-
-
-class _Progress:
-    """A one-line status on the terminal: bar, ETA, temperature, total energy."""
-
-    def __init__(self, total: int, start: int):
-        import sys
-
-        self.stream = sys.stdout
-        self.total, self.start = total, start
-        self.t0 = self.last = time.monotonic()
-        self.drawn = False
-
-    def draw(self, step: int, temperature: float, total_energy: float) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.2 and step < self.total:
-            return
-        self.last = now
-        done = (step - self.start) / max(1, self.total - self.start)
-        rate = (step - self.start) / max(now - self.t0, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else float("nan")
-        bar = "#" * int(30 * done) + "-" * (30 - int(30 * done))
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "--:--:--"
-        self.stream.write(f"\r{step:>9d}/{self.total} [{bar}] {100 * done:5.1f}%  ETA {eta_text}  "
-                          f"{rate:7.1f} steps/s  T {temperature:8.2f} K  E_tot {total_energy:.6f} eV ")
-        self.stream.flush()
-        self.drawn = True
-
-    def finish(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def _package_versions() -> dict:
@@ -371,121 +91,123 @@ def _package_versions() -> dict:
 
     from .._version import __version__
 
-    versions = {"ase-mlff": __version__, "ase": ase.__version__, "numpy": np.__version__,
-                "h5py": h5py.__version__, "python": platform.python_version()}
-    torch = sys.modules.get("torch")  # the calculator's; never imported just for this
-    if torch is not None:
-        versions["torch"] = torch.__version__
-    return versions
+    return {"ase-mlff": __version__, "ase": ase.__version__, "numpy": np.__version__, "h5py": h5py.__version__,
+            "torch": torch.__version__, "python": platform.python_version()}
 
 
-def _log_header(log, metadata: dict, restart_step: int | None) -> None:
-    if restart_step is not None:
-        log.write(f"# restarted at step {restart_step}: {metadata.get('command_line', '')}\n")
-        return
-    log.write("# mlff-md run log\n")
-    for key in ("command_line", "model_file", "model_sha256", "ensemble", "timestep_fs",
-                "temperature_K", "friction_per_fs", "taut_fs", "steps", "seed", "velocities",
-                "n_atoms", "formula", "versions", "created"):
-        if key in metadata:
-            log.write(f"# {key}: {metadata[key]}\n")
-    log.write(f"# {'step':>8} {'time[ps]':>12} {'E_tot[eV]':>16} {'E_pot[eV]':>16} "
-              f"{'E_kin[eV]':>14} {'T[K]':>10}\n")
+def _as_calculator(calculator):
+    from ..calculator import MLFFCalculator
+    from ..models import Potential
+
+    if isinstance(calculator, MLFFCalculator):
+        return calculator
+    if isinstance(calculator, Potential):
+        return MLFFCalculator(calculator)
+    if calculator is None:
+        raise ValueError("no calculator: pass an MLFFCalculator (or attach one to atoms.calc)")
+    raise TypeError(f"run_md integrates ase-mlff potentials; got a {type(calculator).__name__}: pass an "
+                    "MLFFCalculator or an ase_mlff Potential (for other ASE calculators use ASE's integrators)")
 
 
-def _finish(sim: _Simulation, status: str, message: str, t_start: float, steps_before: int) -> MDResult:
-    settings = sim.settings
-    report = None
-    wall = time.perf_counter() - t_start
-    sim.close(status)
-    if status == "completed":
-        from .h5 import read_series
+def _force_field(calc, compile: bool | None) -> ForceField:
+    if calc.device.type == "cpu":
+        from ..threads import set_threads
 
-        series = read_series(sim.paths["h5"])
-        try:
-            if settings.ensemble == "nve":
-                report = energy_conservation(series["time"], series["total_energy"],
-                                             series["kinetic_energy"], series["n_atoms"],
-                                             settings.max_drift_meV_per_atom_per_ps)
-            else:
-                report = temperature_statistics(series["temperature"], settings.temperature_K)
-        except ValueError as error:  # too few frames to judge
-            message += f"\nno report: {error}"
-        if report is not None:
-            import h5py
-
-            with h5py.File(sim.paths["h5"], "a") as f:
-                group = f.require_group("report")
-                for key, value in report.as_dict().items():
-                    group.attrs[key] = value
-                if hasattr(report, "verdict"):
-                    f.attrs["energy_conservation"] = report.verdict
-    with open(sim.paths["log"], "a", encoding="utf-8") as log:
-        log.write(f"# {status}: {message}\n")
-        if report is not None:
-            log.write("".join(f"# {line}\n" for line in report.format().splitlines()))
-    return MDResult(status=status, message=message, last_step=int(sim.dyn.nsteps), settings=settings,
-                    paths=sim.paths, report=report, wall_s=wall,
-                    steps_run=int(sim.dyn.nsteps) - steps_before)
+        calc.num_threads = set_threads(calc._requested_threads, n_atoms=None)
+    skin = float(calc.parameters.get("skin", 1.0))
+    backend = calc.parameters.get("neighbor_backend", "auto")
+    want = bool(getattr(calc, "compile", False)) if compile is None else bool(compile)
+    evaluator = getattr(calc, "evaluator", None) if want and getattr(calc, "compile", False) else None
+    return ForceField(calc.model, skin=skin, backend=backend, compile=want, evaluator=evaluator)
 
 
-def _with_signals(sim: _Simulation, handle_signals: bool):
-    """Install SIGINT/SIGTERM handlers that stop the run at the next step boundary."""
-    if not handle_signals or threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def handler(signum, frame):
-        name = signal.Signals(signum).name
-        if sim.stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: stop now
-        sim.stop_signal = name
-
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, handler)
-    return previous
+def _targets(value, n: int, name: str) -> torch.Tensor:
+    values = np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)) if np.ndim(value) == 0 else \
+        np.asarray(value, dtype=np.float64)
+    if values.shape != (n,):
+        raise ValueError(f"{name} must be one number or one per system ({n}), got {len(values)}")
+    return torch.from_numpy(values.copy())
 
 
-def _execute(sim: _Simulation, handle_signals: bool) -> MDResult:
-    previous = _with_signals(sim, handle_signals)
-    t_start = time.perf_counter()
-    steps_before = sim.dyn.nsteps
-    status, message = "crashed", "an unexpected error stopped the run"
+def _limits(state: MDState, temperature_K: torch.Tensor, cutoff: float, stored=None) -> None:
+    """Blow-up limits per system: far beyond any target temperature; for molecules, atoms that left
+    the initial extent by more than a few cutoffs have flown off."""
+    th = state.thermostat
+    th["max_temperature"] = torch.maximum(10.0 * temperature_K, temperature_K + 5000.0).to(state.device)
+    m = state.masses.unsqueeze(1)
+    mass = torch.zeros(state.n_systems, dtype=m.dtype, device=state.device).index_add_(0, state.system, state.masses)
+    com = torch.zeros_like(state.cell[:, 0]).index_add_(0, state.system, m * state.positions) / mass.unsqueeze(1)
+    r = torch.linalg.vector_norm(state.positions - com[state.system], dim=1)
+    extent = torch.zeros_like(mass).scatter_reduce_(0, state.system, r, "amax", include_self=False)
+    th["max_radius"] = extent + max(10.0, 2.0 * cutoff)
+
+
+def _labels(structures, labels):
+    if labels is None:
+        return ["system 0"] if len(structures) == 1 else [f"system {k}" for k in range(len(structures))]
+    labels = list(labels)
+    if len(labels) != len(structures):
+        raise ValueError(f"got {len(labels)} labels for {len(structures)} structures")
+    return labels
+
+
+def _claim_outputs(paths: dict, overwrite: bool) -> OutputLock:
+    """Lock the prefix, then make sure every output is free (or may be replaced); nothing is
+    touched before both hold."""
+    for path in (paths["h5"], paths["log"]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise ValueError(f"cannot write into {path.parent} (permission denied); choose another --output")
+    lock = OutputLock(paths["lock"])
+    lock.acquire()
     try:
-        status, message = sim.run()
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-        if status == "crashed":  # an exception is on its way up: close the files, keep it
-            sim.close(status)
-    return _finish(sim, status, message, t_start, steps_before)
+        files = all_paths(paths)
+        folders = [p for p in files if p.is_dir()]
+        if folders:
+            raise ValueError(f"output path {folders[0]} is a directory; choose another --output prefix")
+        taken = [p for p in files if p.exists()]
+        if taken and not overwrite:
+            shown = ", ".join(map(str, taken[:3])) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
+            raise FileExistsError(f"output files exist: {shown}; choose another --output prefix, pass "
+                                  "--overwrite to replace them, or --restart to continue")
+        for p in taken:
+            p.unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
-def run_md(atoms: Atoms, calculator=None, *, ensemble: str = "nve", timestep_fs: float = 0.5,
-           temperature_K: float = 300.0, friction_per_fs: float = 0.01, taut_fs: float = 100.0,
+def run_md(structures: Atoms | Sequence[Atoms], calculator=None, *, ensemble: str = "nve",
+           timestep_fs: float = 0.5, temperature_K=300.0, friction_per_fs=0.01, taut_fs=100.0,
            steps: int = 1000, seed: int | None = None, velocities: str = "maxwell-boltzmann",
-           output: str | os.PathLike = "simulation", overwrite: bool = False,
-           traj_interval: int = 10, h5_interval: int = 10, log_interval: int = 100,
-           flush_every: int = 100, max_drift: float = DEFAULT_MAX_DRIFT,
-           metadata: dict | None = None, progress: bool = False,
-           handle_signals: bool = False) -> MDResult:
-    """Run MD from ``atoms`` and write ``<output>.traj``, ``<output>.h5`` and ``<output>.log``.
+           replicas: int = 1, labels: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+           output: str | os.PathLike = "simulation", overwrite: bool = False, traj_interval: int = 10,
+           h5_interval: int = 10, log_interval: int = 100, flush_every: int = 100,
+           max_drift: float | None = None, compile: bool | None = None, metadata: dict | None = None,
+           progress: bool = False, handle_signals: bool = False) -> MDResult:
+    """Run MD for one or many structures together and write their outputs.
 
     Args:
-        atoms: the structure (not modified; the run works on a copy).
-        calculator: ASE calculator; None uses ``atoms.calc``.
+        structures: one Atoms or a list (mixed sizes, molecules and periodic cells); not modified.
+        calculator: :class:`~ase_mlff.MLFFCalculator` or an ase_mlff ``Potential``; None
+            uses the first structure's ``calc``. Its device, dtype, skin and compile setting apply.
         ensemble: one of :data:`ENSEMBLES`.
-        timestep_fs: fs. temperature_K: K (initial velocities and thermostat target).
-        friction_per_fs: Langevin friction, 1/fs. taut_fs: Bussi / Nosé-Hoover time constant, fs.
+        timestep_fs: fs. temperature_K: K, one value or one per system (initial velocities
+            and thermostat target). friction_per_fs: Langevin friction, 1/fs (one or per system).
+        taut_fs: Bussi / Nosé-Hoover time constant, fs (one or per system).
         steps: total number of steps.
-        seed: seeds the one numpy Generator used for initial velocities and the
-            thermostat; None draws one (stored in the HDF5 file).
-        velocities: "maxwell-boltzmann" or "input" (the momenta stored in ``atoms``).
-        output: prefix of the output files.
+        seed: run seed; system k's noise seed is derived from (seed, k) unless ``seeds`` gives
+            them. None draws one (stored in the HDF5 file).
+        velocities: "maxwell-boltzmann" or "input" (the momenta stored in each Atoms).
+        replicas: run this many copies of each structure, each with its own velocities and noise.
+        labels: one name per system (default "system k"), used in messages and the HDF5 file.
+        output: prefix of the output files (``.h5``, ``.log``, ``.traj`` or ``.<k>.traj``).
         overwrite: replace existing outputs; otherwise they make the run refuse.
         traj_interval, h5_interval, log_interval: steps between frames (traj 0: no .traj frames).
         flush_every: HDF5 frames between flushes to disk.
-        max_drift: PASS/FAIL threshold of the NVE energy drift, meV/atom/ps.
+        max_drift: NVE PASS/FAIL threshold, meV/atom/ps (None: the default).
+        compile: evaluate the network with ``torch.compile`` (None: as the calculator says).
         metadata: extra run metadata for the HDF5 file (e.g. model file and hash).
         progress: draw a progress line on stdout.
         handle_signals: SIGINT/SIGTERM stop the run at a step boundary and close files.
@@ -493,114 +215,266 @@ def run_md(atoms: Atoms, calculator=None, *, ensemble: str = "nve", timestep_fs:
     Returns:
         :class:`MDResult` (its ``exit_code`` is what the command line returns).
     """
+    structures = [structures] if isinstance(structures, Atoms) else list(structures)
+    if not structures:
+        raise ValueError("run_md needs at least one structure")
+    if not (isinstance(replicas, (int, np.integer)) and replicas >= 1):
+        raise ValueError(f"replicas must be a positive integer, got {replicas}")
+    calc = _as_calculator(calculator if calculator is not None else structures[0].calc)
     if seed is None:
         seed = secrets.randbits(63)
-    settings = MDSettings(ensemble=ensemble, timestep_fs=float(timestep_fs),
-                          temperature_K=float(temperature_K), friction_per_fs=float(friction_per_fs),
-                          taut_fs=float(taut_fs), steps=int(steps), seed=int(seed),
-                          velocities=velocities, traj_interval=int(traj_interval),
+    extra = {} if max_drift is None else {"max_drift_meV_per_atom_per_ps": float(max_drift)}
+    settings = MDSettings(ensemble=ensemble, timestep_fs=timestep_fs, temperature_K=float(np.mean(temperature_K)),
+                          friction_per_fs=float(np.mean(friction_per_fs)), taut_fs=float(np.mean(taut_fs)),
+                          steps=int(steps), seed=int(seed), velocities=velocities, traj_interval=int(traj_interval),
                           h5_interval=int(h5_interval), log_interval=int(log_interval),
-                          flush_every=int(flush_every), max_drift_meV_per_atom_per_ps=float(max_drift))
-    check_settings(settings, ENSEMBLES, VELOCITY_MODES)
-    calculator = calculator if calculator is not None else atoms.calc
-    if calculator is None:
-        raise ValueError("no calculator: pass one or attach it to atoms.calc")
-    atoms = atoms.copy()
-    atoms.calc = calculator
-    check_structure(atoms, settings.timestep_fs)
-    paths = output_paths(output)
-    taken = existing_outputs(output)
-    if taken and not overwrite:
-        raise FileExistsError(f"output files exist: {', '.join(map(str, taken))}; choose another "
-                              "--output prefix, pass --overwrite to replace them, or --restart to continue")
-    for path in paths.values():
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    rng = np.random.default_rng(settings.seed)
-    if velocities == "maxwell-boltzmann":
-        initialize_velocities(atoms, settings.temperature_K, rng)
-    elif not atoms.has("momenta") or not np.any(atoms.get_momenta()):
-        if settings.ensemble == "nve":
-            raise ValueError("the structure has no velocities to start from; use "
+                          flush_every=int(flush_every), **extra)
+    labels = _labels(structures, labels)
+    if replicas > 1:
+        labels = [f"{label} replica {r}" for label in labels for r in range(replicas)]
+        structures = [a for a in structures for _ in range(replicas)]
+    n = len(structures)
+    structures = [a.copy() for a in structures]
+    model = calc.model
+    for atoms, label in zip(structures, labels):
+        prefix = f"{label}: " if n > 1 else ""
+        try:
+            check_structure(atoms, settings.timestep_fs)
+            model.check_numbers(sorted(set(atoms.numbers.tolist())))
+            fixed_atoms(atoms, "")
+        except ValueError as error:
+            raise ValueError(f"{prefix}{error}") from None
+        if velocities == "input" and (not atoms.has("momenta") or not np.any(atoms.get_momenta())) \
+                and settings.ensemble == "nve":
+            raise ValueError(f"{prefix}the structure has no velocities to start from; use "
                              "--velocities maxwell-boltzmann")
-        atoms.set_momenta(np.zeros((len(atoms), 3)))
-    model = getattr(calculator, "model", None)
-    cutoff = getattr(model, "cutoff", None)
-    meta = {
-        **(metadata or {}),
-        **{k: v for k, v in asdict(settings).items()},
-        "n_atoms": len(atoms),
-        "formula": atoms.get_chemical_formula(),
-        "versions": _package_versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "calculator": type(calculator).__name__,
-    }
-    meta.setdefault("command_line", "")
-    if "model_file" not in meta and getattr(model, "source", None):
-        meta["model_file"] = str(model.source)
-    for key in ("dtype", "device"):
-        if key in getattr(calculator, "parameters", {}):
-            meta[key] = str(calculator.parameters[key])
-    if overwrite:
-        for path in taken:
-            path.unlink()
-    sim = _Simulation(atoms, settings, paths, rng, 0, meta, "w", progress, cutoff)
-    _log_header(sim.log, meta, None)
-    return _execute(sim, handle_signals)
+    seeds = system_seeds(settings.seed, n) if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != n:
+        raise ValueError(f"got {len(seeds)} seeds for {n} systems")
+    temperature = _targets(temperature_K, n, "temperature_K")
+    friction = _targets(friction_per_fs, n, "friction_per_fs") / units.fs
+    taut = _targets(taut_fs, n, "taut_fs") * units.fs
+
+    paths = output_paths(output, n)
+    lock = _claim_outputs(paths, overwrite)
+    try:
+        state = state_from_atoms(structures, calc.device, seeds, labels)
+        _start_velocities(state, structures, settings, temperature)
+        init_thermostat(state, settings.ensemble, units.kB * temperature.to(calc.device),
+                        friction.to(calc.device), taut.to(calc.device))
+        _limits(state, temperature, model.cutoff)
+        force_field = _force_field(calc, compile)
+        force_field(state)
+        meta = {**(metadata or {}), **settings.as_dict(), "n_systems": n,
+                "n_atoms": int(sum(len(a) for a in structures)),
+                "formula": structures[0].get_chemical_formula() if n == 1 else f"{n} systems",
+                "versions": _package_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "calculator": type(calc).__name__, "dtype": str(calc.parameters.get("dtype")),
+                "device": str(calc.device), "compile": bool(force_field.evaluator is not model),
+                "noise": "splitmix64 counter streams (ase_mlff.md.noise)"}
+        meta.setdefault("command_line", "")
+        if "model_file" not in meta and getattr(model, "source", None):
+            meta["model_file"] = str(model.source)
+        attrs = [{"formula": a.get_chemical_formula(), "temperature_K": float(t), "max_radius_A": float(r)}
+                 for a, t, r in zip(structures, temperature.tolist(), state.thermostat["max_radius"].tolist())]
+        infos = system_infos(structures, labels, [fixed_atoms(a, lab) for a, lab in zip(structures, labels)],
+                             state.dof.tolist(), seeds, attrs)
+        templates = [_template(a) for a in structures]
+        outputs = Outputs(paths, templates, infos, meta, settings, "w", settings.timestep_fs)
+        outputs.log_header(meta, None)
+        sim = Simulation(state, force_field, Integrator(settings.ensemble, settings.timestep_fs * units.fs),
+                         settings, outputs, labels, progress)
+        sim.observe()  # step 0
+        return _execute(sim, handle_signals, paths, settings)
+    finally:
+        lock.release()
+
+
+def _template(atoms: Atoms) -> Atoms:
+    template = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    template.set_masses(atoms.get_masses())
+    template.set_momenta(np.zeros((len(atoms), 3)), apply_constraint=False)
+    template.set_constraint([c.copy() for c in atoms.constraints])
+    return template
+
+
+def _start_velocities(state: MDState, structures, settings: MDSettings, temperature: torch.Tensor) -> None:
+    conserving = settings.ensemble != "langevin"
+    if settings.velocities == "maxwell-boltzmann":
+        maxwell_boltzmann(state, temperature.to(state.device), zero_momentum=conserving)
+        return
+    momenta = np.concatenate([a.get_momenta() if a.has("momenta") else np.zeros((len(a), 3)) for a in structures])
+    state.momenta = torch.from_numpy(momenta).to(state.device) * state.free.unsqueeze(1)
+
+
+def _execute(sim: Simulation, handle_signals: bool, paths: dict, settings: MDSettings) -> MDResult:
+    previous = with_signals(sim, handle_signals)
+    start = time.perf_counter()
+    steps_before = sim.state.step
+    status, message = "crashed", "an unexpected error stopped the run"
+    try:
+        status, message = sim.run()
+    finally:
+        for sig, old in previous.items():
+            import signal
+
+            signal.signal(sig, old)
+        if status == "crashed":  # an exception is on its way up: close the files, keep it
+            sim.close(status)
+    wall = time.perf_counter() - start
+    last_step = int(sim.state.step)
+    sim.close(status)
+    systems = _reports(paths["h5"], sim, settings, status)
+    with open(paths["log"], "a", encoding="utf-8") as log:
+        log.write(f"# {status}: {message}\n")
+        for k, s in enumerate(systems):
+            if s["report"] is not None:
+                head = f"# {s['label']}: " if len(systems) > 1 else "# "
+                log.write("".join(f"{head}{line}\n" for line in s["report"].format().splitlines()))
+    evaluator = sim.force_field.evaluator
+    return MDResult(status=status, message=message, last_step=last_step, settings=settings, paths=paths,
+                    systems=systems, wall_s=wall, steps_run=last_step - steps_before,
+                    compile_s=getattr(evaluator, "seconds", None))
+
+
+def _reports(h5_path: Path, sim: Simulation, settings: MDSettings, status: str) -> list[dict]:
+    """Per-system reports of a finished run, stored under /systems/<k>/report."""
+    import h5py
+
+    from .h5 import _attr
+
+    systems = []
+    with h5py.File(h5_path, "a") as f:
+        verdicts = []
+        for k in range(len(f["systems"])):
+            g = f["systems"][str(k)]
+            frames = g["frames"]
+            entry = {"label": str(g.attrs["label"]), "n_atoms": int(g.attrs["n_atoms"]),
+                     "status": sim.status.get(k, str(g.attrs.get("status"))), "message": sim.messages.get(k, ""),
+                     "report": None, "note": ""}
+            if status == "completed" and entry["status"] == "completed":
+                try:
+                    if settings.ensemble == "nve":
+                        report = energy_conservation(frames["time"][:], frames["total_energy"][:],
+                                                     frames["kinetic_energy"][:], entry["n_atoms"],
+                                                     settings.max_drift_meV_per_atom_per_ps)
+                    else:
+                        report = temperature_statistics(frames["temperature"][:], float(g.attrs["temperature_K"]))
+                    entry["report"] = report
+                    group = g.require_group("report")
+                    for key, value in report.as_dict().items():
+                        group.attrs[key] = _attr(value)
+                    if hasattr(report, "verdict"):
+                        g.attrs["energy_conservation"] = report.verdict
+                        verdicts.append(report.verdict)
+                except ValueError as error:  # too few frames to judge
+                    entry["note"] = f"no report: {error}"
+            systems.append(entry)
+        if verdicts:
+            f.attrs["energy_conservation"] = ("FAIL" if "FAIL" in verdicts else
+                                              "PASS" if all(v == "PASS" for v in verdicts) else verdicts[0])
+    return systems
 
 
 def restart_md(h5_path: str | os.PathLike, calculator, *, steps: int | None = None,
-               max_drift: float | None = None, progress: bool = False,
+               max_drift: float | None = None, compile: bool | None = None, progress: bool = False,
                handle_signals: bool = False, command_line: str = "") -> MDResult:
     """Continue the run stored in ``h5_path`` from its last checkpoint.
 
-    Positions, momenta, step count, the random-number generator and the
-    thermostat state are restored exactly, so a restarted NVE (or seeded
-    thermostatted) run repeats the uninterrupted one step for step.
+    Positions, momenta, masses, fixed atoms, step count and thermostat state
+    are restored exactly, and noise is a function of the step, so a
+    restarted run repeats the uninterrupted one bit for bit.
 
     Args:
         steps: new total number of steps (None: the run's original total).
         max_drift: new NVE threshold, meV/atom/ps (None: the run's).
     """
-    paths = output_paths(h5_path)
-    state = read_checkpoint(paths["h5"])
-    meta = state["metadata"]
-    fields = {f: meta[f] for f in MDSettings.__dataclass_fields__ if f in meta}
-    settings = MDSettings(**fields)
-    if steps is not None:
-        settings = replace(settings, steps=int(steps))
-    if max_drift is not None:
-        settings = replace(settings, max_drift_meV_per_atom_per_ps=float(max_drift))
-    check_settings(settings, ENSEMBLES, VELOCITY_MODES)
-    start = state["step"]
-    if settings.steps <= start:
-        raise ValueError(f"{paths['h5']} already reached step {start}; ask for more with --steps "
-                         f"(a total larger than {start})")
-    atoms = Atoms(numbers=state["numbers"], positions=state["positions"], cell=state["cell"],
-                  pbc=state["pbc"])
-    atoms.set_momenta(state["momenta"], apply_constraint=False)
-    atoms.calc = calculator
-    model = getattr(calculator, "model", None)
-    if model is not None and hasattr(model, "check_numbers"):
-        model.check_numbers(sorted(set(atoms.numbers.tolist())))
-    rng = np.random.default_rng()
-    rng.bit_generator.state = state["rng_state"]
-    _truncate_traj(paths["traj"], start, settings.traj_interval)
-    new_meta = {"last_restart_step": start}
-    if "max_radius_A" in meta:
-        new_meta["max_radius_A"] = meta["max_radius_A"]
-    if command_line:
-        new_meta["restart_command_line"] = command_line
-    new_meta["steps"] = settings.steps
-    new_meta["max_drift_meV_per_atom_per_ps"] = settings.max_drift_meV_per_atom_per_ps
-    sim = _Simulation(atoms, settings, paths, rng, start, new_meta, "a", progress,
-                      getattr(model, "cutoff", None))
-    sim.h5.truncate_after(start)
-    sim.last_recorded = int(sim.h5.frames["step"][-1]) if sim.h5.n_frames else None
-    sim.h5.set_attrs(status="running")
-    _restore_thermostat(sim.dyn, state["thermostat"])
-    _log_header(sim.log, {"command_line": command_line}, start)
-    return _execute(sim, handle_signals)
+    from .h5 import n_systems
+
+    h5_path = Path(h5_path)
+    calc = _as_calculator(calculator)
+    count = n_systems(h5_path)
+    paths = output_paths(h5_path, count)
+    paths["h5"] = h5_path
+    lock = OutputLock(paths["lock"])
+    lock.acquire()
+    try:
+        state_dict = read_checkpoint(h5_path)
+        if state_dict["version"] < 2:
+            raise ValueError(f"{h5_path} was written by an earlier mlff-md (format version 1); its "
+                             "thermostat noise cannot be continued bit for bit: start a new run from its last "
+                             f"frame (mlff-md run {h5_path.with_suffix('.traj')}@-1 --velocities input)")
+        meta = state_dict["metadata"]
+        settings = MDSettings.from_metadata(meta)
+        if steps is not None:
+            settings = replace(settings, steps=int(steps))
+        if max_drift is not None:
+            settings = replace(settings, max_drift_meV_per_atom_per_ps=float(max_drift))
+        start = state_dict["step"]
+        if settings.steps <= start:
+            raise ValueError(f"{h5_path} already reached step {start}; ask for more with --steps "
+                             f"(a total larger than {start})")
+        active = [int(k) for k in state_dict["systems"]]
+        structures, labels_active = [], []
+        for numbers, masses, cell, pbc, fixed, attrs in zip(
+                state_dict["numbers"], state_dict["masses"], state_dict["cell"], state_dict["pbc"],
+                state_dict["fixed"], state_dict["system_attrs"]):
+            atoms = Atoms(numbers=numbers, cell=cell, pbc=pbc, positions=np.zeros((len(numbers), 3)))
+            atoms.set_masses(masses)
+            if len(fixed):
+                from ase.constraints import FixAtoms
+
+                atoms.set_constraint(FixAtoms(indices=fixed))
+            structures.append(atoms)
+            labels_active.append(str(attrs.get("label", "system")))
+        calc.model.check_numbers(sorted({int(z) for a in structures for z in a.numbers}))
+        seeds = [int(a["seed"]) for a in state_dict["system_attrs"]]
+        state = state_from_atoms(structures, calc.device, seeds, labels_active)
+        state.positions = torch.from_numpy(state_dict["positions"]).to(calc.device)
+        state.momenta = torch.from_numpy(state_dict["momenta"]).to(calc.device)
+        state.dof = torch.tensor([float(a["dof"]) for a in state_dict["system_attrs"]], dtype=torch.float64,
+                                 device=calc.device)
+        state.system_id = torch.tensor(active, device=calc.device)
+        state.thermostat = {k: torch.from_numpy(np.asarray(v)).to(calc.device)
+                            for k, v in state_dict["thermostat"].items()}
+        state.step = start
+        force_field = _force_field(calc, compile)
+        force_field(state)
+        for k in active:
+            if settings.traj_interval > 0:
+                _truncate_traj(paths["traj"][k], start, settings.traj_interval)
+        new_meta = {"last_restart_step": start, "steps": settings.steps,
+                    "max_drift_meV_per_atom_per_ps": settings.max_drift_meV_per_atom_per_ps}
+        if command_line:
+            new_meta["restart_command_line"] = command_line
+        from .h5 import read_frames
+
+        templates = []
+        for k in range(count):
+            if k in active:
+                templates.append(_template(structures[active.index(k)]))
+            else:  # stopped before the checkpoint: its files are final
+                frames = read_frames(h5_path, slice(0, 1), system=k)
+                templates.append(_template(frames[0]) if frames else Atoms())
+        outputs = Outputs(paths, templates, None, new_meta, settings, "a", settings.timestep_fs)
+        outputs.h5.truncate_after(start, active)
+        for k in active:
+            outputs.h5.set_system_attrs(k, status="running")
+            steps_k = outputs.h5.frames[k].group["step"]
+            if steps_k.shape[0]:
+                outputs.last_recorded[k] = int(steps_k[-1])
+        outputs.h5.set_attrs(status="running")
+        outputs.log_header({"command_line": command_line}, start)
+        all_labels = [str(outputs.h5.systems[k].attrs["label"]) for k in range(count)]
+        sim = Simulation(state, force_field, Integrator(settings.ensemble, settings.timestep_fs * units.fs),
+                         settings, outputs, all_labels, progress)
+        for k in range(count):
+            if k not in active:
+                sim.status[k] = str(outputs.h5.systems[k].attrs.get("status", "blew-up"))
+                sim.messages[k] = str(outputs.h5.systems[k].attrs.get("message", ""))
+        return _execute(sim, handle_signals, paths, settings)
+    finally:
+        lock.release()
 
 
 def _truncate_traj(path: Path, step: int, interval: int) -> None:
@@ -622,3 +496,5 @@ def _truncate_traj(path: Path, step: int, interval: int) -> None:
                 out.write(atoms)
 
     atomic_write(path, write)
+
+

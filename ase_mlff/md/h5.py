@@ -1,16 +1,18 @@
-"""HDF5 output of an MD run: writer (buffered, flushed regularly) and reader.
+"""HDF5 output of an MD run (format ``ase-mlff-md``): writer and readers.
 
-The layout is documented in ``ase_mlff/md/SCHEMA.md`` (and the README). In short:
-frame-major resizable datasets under ``/frames`` (one row per recorded step),
-per-atom constants at the root, run metadata as root attributes, the exact
-state to restart from under ``/checkpoint``, and the energy-conservation
-verdict under ``/report``.
+Version 2 (written now) holds many systems: one group ``/systems/<k>`` per
+system, each with the layout a version-1 file had at its root (``frames/*``,
+``numbers``, ``masses``, ``cell``, ``pbc``, plus ``fixed`` and the system's
+status and report), the run's settings as root attributes, and one restart
+checkpoint for the whole batch under ``/checkpoint``. Version-1 files (one
+system at the root) stay readable by every reader here; the layout is
+documented in ``ase_mlff/md/SCHEMA.md``.
 
 Frames are collected in preallocated numpy buffers and written in blocks: one
-``resize`` and one slice assignment per dataset per flush, never per step, so
-the file costs almost nothing inside the MD loop. After every flush the file
-on disk is complete and consistent (frames, checkpoint, ``n_frames``), so a run
-killed with SIGKILL leaves a readable file up to its last flush.
+``resize`` and one slice assignment per dataset per flush, never per step.
+After every flush the file on disk is complete and consistent (frames,
+checkpoint, ``n_frames``), so a run killed with SIGKILL leaves a readable
+file up to its last flush.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ..units import fs
 
 FORMAT = "ase-mlff-md"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: per-frame datasets: name -> (per-atom?, trailing shape, dtype, units)
 FRAME_FIELDS = {
@@ -41,6 +44,8 @@ FRAME_FIELDS = {
     "total_energy": (False, (), np.float64, "eV"),
     "temperature": (False, (), np.float64, "K"),
 }
+#: version 2 adds the conserved energy of thermostatted runs
+FRAME_FIELDS_V2 = {**FRAME_FIELDS, "conserved_energy": (False, (), np.float64, "eV")}
 
 
 def _chunk_rows(n_atoms: int) -> int:
@@ -48,30 +53,70 @@ def _chunk_rows(n_atoms: int) -> int:
     return int(max(1, min(1024, 256 * 1024 // (24 * max(n_atoms, 1)))))
 
 
+@dataclass(frozen=True)
+class SystemInfo:
+    """What is stored once per system."""
+
+    label: str
+    numbers: np.ndarray
+    masses: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+    fixed: np.ndarray
+    dof: float
+    seed: int
+    attrs: dict
+
+
+class _Frames:
+    """Buffered frames of one system's ``frames`` group."""
+
+    def __init__(self, group, n_atoms: int, flush_every: int):
+        self.group, self.n_atoms = group, n_atoms
+        self.n_frames = int(group["step"].shape[0])
+        self.buffers = {name: np.empty((flush_every, *((n_atoms,) if per_atom else ()), *shape), dtype)
+                        for name, (per_atom, shape, dtype, _) in FRAME_FIELDS_V2.items()}
+        self.n_buffered = 0
+
+    def append(self, row: dict) -> None:
+        i = self.n_buffered
+        for name, buffer in self.buffers.items():
+            buffer[i] = row[name]
+        self.n_buffered = i + 1
+
+    def write(self) -> None:
+        n = self.n_buffered
+        if not n:
+            return
+        lo, hi = self.n_frames, self.n_frames + n
+        for name, buffer in self.buffers.items():
+            ds = self.group[name]
+            ds.resize(hi, axis=0)
+            ds[lo:hi] = buffer[:n]
+        self.n_frames, self.n_buffered = hi, 0
+
+
 class H5Writer:
-    """Append MD frames to an HDF5 file.
+    """Append the frames of many systems to a version-2 file.
 
     Args:
-        path: file to create (mode "w") or continue (mode "a", see :meth:`resume`).
-        atoms: the system (numbers, masses, cell, pbc are stored once).
-        metadata: run metadata, stored as root attributes (dicts and lists as JSON).
+        path: file to create (mode "w") or continue (mode "a").
+        systems: one :class:`SystemInfo` per system of the run (mode "w").
+        metadata: run metadata, root attributes (dicts and lists as JSON).
         flush_every: frames collected in memory before they are written and flushed.
         flush_seconds: also flush when this much wall time passed since the last flush.
     """
 
-    def __init__(self, path: str | os.PathLike, atoms: Atoms, metadata: dict,
+    def __init__(self, path: str | os.PathLike, systems: list[SystemInfo] | None, metadata: dict,
                  flush_every: int = 100, flush_seconds: float = 30.0, mode: str = "w"):
         import h5py
 
-        if flush_every < 1:
-            raise ValueError(f"flush_every must be at least 1 frame, got {flush_every}")
         self.path = Path(path)
-        self.n_atoms = len(atoms)
         self.flush_every = int(flush_every)
         self.flush_seconds = float(flush_seconds)
         if mode == "w":
             self.file = h5py.File(self.path, "w")
-            self._create(atoms, metadata)
+            self._create(systems, metadata)
         elif mode == "a":
             self.file = h5py.File(self.path, "a")
             check_format(self.file, self.path)
@@ -79,79 +124,71 @@ class H5Writer:
                 self.file.attrs[key] = _attr(value)
         else:
             raise ValueError(f"mode must be 'w' or 'a', got {mode!r}")
-        self.frames = self.file["frames"]
-        self.n_frames = int(self.frames["step"].shape[0])
-        self._buffers = {
-            name: np.empty((self.flush_every, *((self.n_atoms,) if per_atom else ()), *shape), dtype)
-            for name, (per_atom, shape, dtype, _) in FRAME_FIELDS.items()
-        }
-        self._n_buffered = 0
+        groups = self.file["systems"]
+        self.systems = [groups[str(k)] for k in range(len(groups))]
+        self.frames = [_Frames(g["frames"], int(g["numbers"].shape[0]), self.flush_every) for g in self.systems]
         self._last_flush = time.monotonic()
+        self._flushed_once = any(f.n_frames for f in self.frames)
 
-    def _create(self, atoms: Atoms, metadata: dict) -> None:
+    def _create(self, systems: list[SystemInfo], metadata: dict) -> None:
         f = self.file
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         for key, value in metadata.items():
             f.attrs[key] = _attr(value)
         f.attrs["status"] = "running"
-        f.create_dataset("numbers", data=atoms.numbers.astype(np.int32))
-        f.create_dataset("masses", data=atoms.get_masses()).attrs["units"] = "amu"
-        f.create_dataset("cell", data=np.asarray(atoms.cell[:], dtype=np.float64)).attrs["units"] = "Å"
-        f.create_dataset("pbc", data=np.asarray(atoms.pbc, dtype=bool))
-        frames = f.create_group("frames")
-        rows = _chunk_rows(self.n_atoms)
-        for name, (per_atom, shape, dtype, units) in FRAME_FIELDS.items():
-            tail = ((self.n_atoms,) if per_atom else ()) + shape
-            ds = frames.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
-                                       chunks=(rows if per_atom else 4096, *tail))
-            ds.attrs["units"] = units
+        f.attrs["n_systems"] = len(systems)
+        root = f.create_group("systems")
+        for k, info in enumerate(systems):
+            g = root.create_group(str(k))
+            n = len(info.numbers)
+            g.create_dataset("numbers", data=info.numbers.astype(np.int32))
+            g.create_dataset("masses", data=info.masses).attrs["units"] = "amu"
+            g.create_dataset("cell", data=np.asarray(info.cell, dtype=np.float64)).attrs["units"] = "Å"
+            g.create_dataset("pbc", data=np.asarray(info.pbc, dtype=bool))
+            g.create_dataset("fixed", data=np.asarray(info.fixed, dtype=np.int64))
+            for key, value in {"label": info.label, "n_atoms": n, "dof": info.dof, "seed": info.seed,
+                               "status": "running", **info.attrs}.items():
+                g.attrs[key] = _attr(value)
+            frames = g.create_group("frames")
+            rows = _chunk_rows(n)
+            for name, (per_atom, shape, dtype, units) in FRAME_FIELDS_V2.items():
+                tail = ((n,) if per_atom else ()) + shape
+                ds = frames.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
+                                           chunks=(rows if per_atom else 4096, *tail))
+                ds.attrs["units"] = units
         f.flush()
 
-    def append(self, step: int, time_ps: float, positions, velocities_A_per_fs, forces,
-               potential_energy: float, kinetic_energy: float, temperature_K: float) -> None:
-        """Buffer one frame (arrays are copied)."""
-        i = self._n_buffered
-        b = self._buffers
-        b["step"][i] = step
-        b["time"][i] = time_ps
-        b["positions"][i] = positions
-        b["velocities"][i] = velocities_A_per_fs
-        b["forces"][i] = forces
-        b["potential_energy"][i] = potential_energy
-        b["kinetic_energy"][i] = kinetic_energy
-        b["total_energy"][i] = potential_energy + kinetic_energy
-        b["temperature"][i] = temperature_K
-        self._n_buffered = i + 1
+    def append(self, system: int, row: dict) -> None:
+        """Buffer one frame of ``system`` (a dict with every FRAME_FIELDS_V2 name; arrays copied)."""
+        frames = self.frames[system]
+        if frames.n_buffered == self.flush_every:
+            frames.write()  # a system recorded more often than the others flush: never overflow
+        frames.append(row)
 
     def due(self) -> bool:
         """True when the buffered frames should be written now."""
-        return (self._n_buffered >= self.flush_every
-                or self.n_frames == 0  # the first frame at once: a readable file from the start
+        return (any(f.n_buffered >= self.flush_every for f in self.frames)
+                or not self._flushed_once  # the first frames at once: a readable file from the start
                 or time.monotonic() - self._last_flush > self.flush_seconds)
 
     def flush(self, checkpoint: dict | None = None) -> None:
         """Write buffered frames and the restart checkpoint, then flush the file to disk.
 
         Args:
-            checkpoint: ``step``, ``positions`` [N,3] Å, ``momenta`` [N,3] ASE units,
-                ``rng_state`` and ``thermostat`` (JSON-compatible) describing the
-                state right after the last buffered frame.
+            checkpoint: ``step``, ``systems`` [B] (running systems), ``positions``
+                and ``momenta`` [N, 3] (ASE units) and ``thermostat`` (name -> array)
+                describing the state right after the last buffered frame.
         """
-        n = self._n_buffered
-        if n:
-            lo, hi = self.n_frames, self.n_frames + n
-            for name, buffer in self._buffers.items():
-                ds = self.frames[name]
-                ds.resize(hi, axis=0)
-                ds[lo:hi] = buffer[:n]
-            self.n_frames = hi
-            self._n_buffered = 0
+        for frames, group in zip(self.frames, self.systems):
+            frames.write()
+            group.attrs["n_frames"] = frames.n_frames
         if checkpoint is not None:
             self._write_checkpoint(checkpoint)
-        self.file.attrs["n_frames"] = self.n_frames
+        self.file.attrs["n_frames"] = sum(f.n_frames for f in self.frames)
         self.file.flush()
         self._last_flush = time.monotonic()
+        self._flushed_once = True
 
     def _write_checkpoint(self, state: dict) -> None:
         # Two slots, written in turn. Dataset bytes reach the file at once while
@@ -162,16 +199,17 @@ class H5Writer:
         # complete, consistent state.
         group = self.file.require_group("checkpoint")
         name = "b" if group.attrs.get("slot") == "a" else "a"
-        slot = group.require_group(name)
-        for key, unit in (("positions", "Å"), ("momenta", "ASE (amu·Å/ASE time)")):
-            data = np.asarray(state[key], dtype=np.float64)
-            if key in slot:
-                slot[key][...] = data
-            else:
-                slot.create_dataset(key, data=data).attrs["units"] = unit
+        if name in group:
+            del group[name]  # shapes change when systems stop
+        slot = group.create_group(name)
+        slot.create_dataset("systems", data=np.asarray(state["systems"], dtype=np.int64))
+        slot.create_dataset("positions", data=np.asarray(state["positions"], dtype=np.float64)).attrs["units"] = "Å"
+        slot.create_dataset("momenta", data=np.asarray(state["momenta"], dtype=np.float64)).attrs["units"] = \
+            "ASE (amu·Å/ASE time)"
+        thermostat = slot.create_group("thermostat")
+        for key, value in (state.get("thermostat") or {}).items():
+            thermostat.create_dataset(key, data=np.asarray(value))
         slot.attrs["step"] = int(state["step"])
-        slot.attrs["rng_state"] = json.dumps(state.get("rng_state"))
-        slot.attrs["thermostat"] = json.dumps(state.get("thermostat") or {})
         self.file.flush()
         group.attrs["slot"] = name
         group.attrs["step"] = int(state["step"])  # mirror of the current slot's step, for readers
@@ -180,8 +218,12 @@ class H5Writer:
         for key, value in attrs.items():
             self.file.attrs[key] = _attr(value)
 
-    def write_report(self, report: dict) -> None:
-        group = self.file.require_group("report")
+    def set_system_attrs(self, system: int, **attrs) -> None:
+        for key, value in attrs.items():
+            self.systems[system].attrs[key] = _attr(value)
+
+    def write_report(self, system: int, report: dict) -> None:
+        group = self.systems[system].require_group("report")
         for key, value in report.items():
             group.attrs[key] = _attr(value)
 
@@ -190,16 +232,18 @@ class H5Writer:
             self.flush(checkpoint)
             self.file.close()
 
-    def truncate_after(self, step: int) -> None:
-        """Drop frames recorded after ``step`` (frames written past the last checkpoint)."""
-        steps = self.frames["step"][:]
-        keep = int(np.searchsorted(steps, step, side="right"))
-        if keep < self.n_frames:
-            for name in FRAME_FIELDS:
-                self.frames[name].resize(keep, axis=0)
-            self.n_frames = keep
-            self.file.attrs["n_frames"] = keep
-            self.file.flush()
+    def truncate_after(self, step: int, systems) -> None:
+        """Drop frames of ``systems`` recorded after ``step`` (written past the last checkpoint)."""
+        for k in systems:
+            frames = self.frames[k]
+            steps = frames.group["step"][:]
+            keep = int(np.searchsorted(steps, step, side="right"))
+            if keep < frames.n_frames:
+                for name in FRAME_FIELDS_V2:
+                    frames.group[name].resize(keep, axis=0)
+                frames.n_frames = keep
+                self.systems[k].attrs["n_frames"] = keep
+        self.file.flush()
 
 
 def _attr(value):
@@ -223,14 +267,24 @@ def _decode(value):
     return value
 
 
+def _attrs(obj) -> dict:
+    return {key: _decode(value) for key, value in obj.attrs.items()}
+
+
 def check_format(f, path) -> None:
     if f.attrs.get("format") != FORMAT:
         raise ValueError(f"{path} is an HDF5 file but not an ase-mlff MD file (no '{FORMAT}' "
                          "format attribute); such files are written by 'mlff-md run'")
-    version = int(f.attrs.get("format_version", 0))
+    try:
+        version = int(f.attrs.get("format_version", 0))
+    except (TypeError, ValueError):
+        raise ValueError(f"{path} has a corrupted format_version attribute "
+                         f"({f.attrs.get('format_version')!r}); the file was not written by mlff-md") from None
     if version > FORMAT_VERSION:
         raise ValueError(f"{path} has MD file format version {version}; this ase-mlff reads up to "
                          f"{FORMAT_VERSION}: upgrade ase-mlff")
+    if version < 1:
+        raise ValueError(f"{path} has an unknown MD file format version {version}")
 
 
 def _open(path: str | os.PathLike):
@@ -239,6 +293,8 @@ def _open(path: str | os.PathLike):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not an HDF5 file of an mlff-md run")
     try:
         # no file lock: a report or conversion may read a file a running simulation is
         # writing (it sees the frames up to the last flush)
@@ -253,67 +309,143 @@ def _open(path: str | os.PathLike):
     return f
 
 
+def format_version(f) -> int:
+    return int(f.attrs.get("format_version", 1))
+
+
+def n_systems(path: str | os.PathLike) -> int:
+    with _open(path) as f:
+        return len(f["systems"]) if format_version(f) >= 2 else 1
+
+
+def _system_group(f, path, system: int):
+    """The group holding one system's data (the root of a version-1 file)."""
+    try:
+        if format_version(f) < 2:
+            if system != 0:
+                raise ValueError(f"{path} is a version-1 file with one system; system {system} does not exist")
+            group = f
+        else:
+            count = len(f["systems"])
+            if not 0 <= system < count:
+                raise ValueError(f"{path} holds systems 0..{count - 1}; system {system} does not exist")
+            group = f["systems"][str(system)]
+        group["frames"], group["numbers"]  # noqa: B018 - fail here, with the message below
+        return group
+    except KeyError as error:
+        raise ValueError(f"{path} is damaged: {error}; it cannot be read as an mlff-md run file") from None
+
+
+def _guard(path, read):
+    """Run ``read``; damaged contents become one ValueError naming the file."""
+    try:
+        return read()
+    except (KeyError, TypeError, OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is damaged or incomplete ({type(error).__name__}: {error}); "
+                         "it cannot be read as an mlff-md run file") from None
+
+
 def read_metadata(path: str | os.PathLike) -> dict:
     """Root attributes of an MD file, JSON values decoded."""
     with _open(path) as f:
-        return {key: _decode(value) for key, value in f.attrs.items()}
+        return _guard(path, lambda: _attrs(f))
 
 
-def read_series(path: str | os.PathLike, names=("step", "time", "potential_energy", "kinetic_energy",
-                                                 "total_energy", "temperature")) -> dict:
-    """Per-frame scalar series (and ``n_atoms``, ``metadata``, ``report``) of an MD file."""
+def read_system_attrs(path: str | os.PathLike, system: int = 0) -> dict:
+    """Attributes of one system (status, label, dof, ...; a version-1 file's root)."""
     with _open(path) as f:
-        series = {name: f["frames"][name][:] for name in names}
-        series["n_atoms"] = int(f["numbers"].shape[0])
-        series["metadata"] = {key: _decode(value) for key, value in f.attrs.items()}
-        series["report"] = ({key: _decode(v) for key, v in f["report"].attrs.items()}
-                            if "report" in f else {})
-    return series
+        return _guard(path, lambda: _attrs(_system_group(f, path, system)))
+
+
+def read_series(path: str | os.PathLike, system: int = 0,
+                names=("step", "time", "potential_energy", "kinetic_energy", "total_energy",
+                       "temperature")) -> dict:
+    """Per-frame scalar series (and ``n_atoms``, ``metadata``, ``system``, ``report``) of one system."""
+    with _open(path) as f:
+        def read():
+            group = _system_group(f, path, system)
+            series = {name: group["frames"][name][:] for name in names}
+            if "conserved_energy" in group["frames"]:
+                series["conserved_energy"] = group["frames"]["conserved_energy"][:]
+            series["n_atoms"] = int(group["numbers"].shape[0])
+            series["metadata"] = _attrs(f)
+            series["system"] = _attrs(group) if group is not f else {}
+            series["report"] = _attrs(group["report"]) if "report" in group else {}
+            return series
+        return _guard(path, read)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The restart state stored at the last flush."""
+    """The restart state stored at the last flush, in the version-2 form.
+
+    Keys: step, systems [B], positions, momenta [N, 3], thermostat (dict of
+    arrays; version 1: its JSON dict), rng_state (version 1 only), metadata,
+    and per system: numbers, masses, cell, pbc, fixed (lists over ``systems``).
+    """
     with _open(path) as f:
-        if "checkpoint" not in f:
-            raise ValueError(f"{path} has no checkpoint (the run wrote no frames before it stopped); "
-                             "start a new run instead of --restart")
-        group = f["checkpoint"]
-        group = group[group.attrs["slot"]]
-        return {
-            "step": int(group.attrs["step"]),
-            "positions": group["positions"][:],
-            "momenta": group["momenta"][:],
-            "rng_state": json.loads(group.attrs["rng_state"]),
-            "thermostat": json.loads(group.attrs["thermostat"]),
-            "numbers": f["numbers"][:],
-            "cell": f["cell"][:],
-            "pbc": f["pbc"][:],
-            "metadata": {key: _decode(value) for key, value in f.attrs.items()},
-        }
+        def read():
+            if "checkpoint" not in f or "slot" not in f["checkpoint"].attrs:
+                raise ValueError(f"{path} has no checkpoint (the run wrote no frames before it stopped); "
+                                 "start a new run instead of --restart")
+            group = f["checkpoint"][f["checkpoint"].attrs["slot"]]
+            version = format_version(f)
+            state = {"step": int(group.attrs["step"]), "positions": group["positions"][:],
+                     "momenta": group["momenta"][:], "metadata": _attrs(f), "version": version}
+            if version < 2:
+                state["systems"] = np.array([0])
+                state["rng_state"] = json.loads(group.attrs["rng_state"])
+                state["thermostat"] = json.loads(group.attrs["thermostat"])
+                groups = [f]
+            else:
+                state["systems"] = group["systems"][:]
+                state["thermostat"] = {k: v[()] for k, v in group["thermostat"].items()}
+                groups = [f["systems"][str(k)] for k in state["systems"]]
+            for key in ("numbers", "masses", "cell", "pbc"):
+                state[key] = [g[key][()] for g in groups]
+            state["fixed"] = [g["fixed"][()] if "fixed" in g else np.zeros(0, dtype=np.int64) for g in groups]
+            state["system_attrs"] = [_attrs(g) if g is not f else {} for g in groups]
+            return state
+        return _guard(path, read)
 
 
-def read_frames(path: str | os.PathLike, index=slice(None)) -> list[Atoms]:
-    """Frames as Atoms with velocities, energy and forces (a single-point calculator).
+def read_frames(path: str | os.PathLike, index=slice(None), system: int = 0) -> list[Atoms]:
+    """Frames of one system as Atoms with velocities, energy and forces (a single-point calculator).
 
     Args:
         index: int or slice over frames (negative values count from the end).
+        system: which system of a many-system run.
     """
     with _open(path) as f:
-        frames = f["frames"]
-        n = frames["step"].shape[0]
-        rows = list(range(n)[index]) if isinstance(index, slice) else [range(n)[index]]
-        if not rows:
-            return []
-        numbers, cell, pbc = f["numbers"][:], f["cell"][:], f["pbc"][:]
-        masses = f["masses"][:]
-        lo, hi = min(rows), max(rows) + 1  # one contiguous read, then pick
-        data = {name: frames[name][lo:hi] for name in FRAME_FIELDS}
+        def read():
+            group = _system_group(f, path, system)
+            frames = group["frames"]
+            n = frames["step"].shape[0]
+            try:
+                rows = list(range(n)[index]) if isinstance(index, slice) else [range(n)[index]]
+            except IndexError:
+                raise ValueError(f"frame {index} does not exist: {path} (system {system}) has {n} frames") from None
+            if not rows:
+                return [], None
+            consts = {key: group[key][()] for key in ("numbers", "cell", "pbc", "masses")}
+            consts["fixed"] = group["fixed"][()] if "fixed" in group else np.zeros(0, dtype=np.int64)
+            lo, hi = min(rows), max(rows) + 1  # one contiguous read, then pick
+            data = {name: frames[name][lo:hi] for name in FRAME_FIELDS}
+            return rows, (lo, consts, data)
+        rows, payload = _guard(path, read)
+    if not rows:
+        return []
+    lo, consts, data = payload
     images = []
     for row in rows:
         k = row - lo
-        atoms = Atoms(numbers=numbers, positions=data["positions"][k], cell=cell, pbc=pbc)
-        atoms.set_masses(masses)
+        atoms = Atoms(numbers=consts["numbers"], positions=data["positions"][k], cell=consts["cell"],
+                      pbc=consts["pbc"])
+        atoms.set_masses(consts["masses"])
         atoms.set_velocities(data["velocities"][k] / fs)  # Å/fs -> Å per ASE time unit
+        if len(consts["fixed"]):
+            from ase.constraints import FixAtoms
+
+            atoms.set_constraint(FixAtoms(indices=consts["fixed"]))
         atoms.info["step"] = int(data["step"][k])
         atoms.info["time_ps"] = float(data["time"][k])
         atoms.calc = SinglePointCalculator(atoms, energy=float(data["potential_energy"][k]),

@@ -213,7 +213,7 @@ def temperature_statistics(temperature, target_K: float) -> TemperatureReport:
                              mean_K=float(temp.mean()), std_K=float(temp.std()))
 
 
-def report_from_h5(path: str | os.PathLike, max_drift: float | None = None):
+def report_from_h5(path: str | os.PathLike, max_drift: float | None = None, system: int = 0):
     """The report of a run from its HDF5 file: ConservationReport for NVE, else TemperatureReport.
 
     Args:
@@ -221,17 +221,18 @@ def report_from_h5(path: str | os.PathLike, max_drift: float | None = None):
     """
     from .h5 import read_series
 
-    s = read_series(path)
+    s = read_series(path, system)
     meta = s["metadata"]
     if meta.get("ensemble", "nve") == "nve":
         if max_drift is None:
             max_drift = float(meta.get("max_drift_meV_per_atom_per_ps", DEFAULT_MAX_DRIFT))
         return energy_conservation(s["time"], s["total_energy"], s["kinetic_energy"], s["n_atoms"],
                                    max_drift)
-    return temperature_statistics(s["temperature"], float(meta.get("temperature_K", np.nan)))
+    target = s["system"].get("temperature_K", meta.get("temperature_K", np.nan))  # per system since version 2
+    return temperature_statistics(s["temperature"], float(target))
 
 
-def plot(path: str | os.PathLike, png: str | os.PathLike) -> None:
+def plot(path: str | os.PathLike, png: str | os.PathLike, system: int = 0) -> None:
     """PNG of energies (per atom, relative to E_tot(0)) and temperature against time."""
     try:
         import matplotlib
@@ -243,7 +244,7 @@ def plot(path: str | os.PathLike, png: str | os.PathLike) -> None:
                           "(or pip install 'ase-mlff[plot]')") from None
     from .h5 import read_series
 
-    s = read_series(path)
+    s = read_series(path, system)
     n = s["n_atoms"]
     t = s["time"]
     e0 = s["total_energy"][0] if len(t) else 0.0

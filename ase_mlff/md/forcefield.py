@@ -1,0 +1,150 @@
+"""Forces for a batched MD state: per-system Verlet-skin neighbor lists and one model call.
+
+The neighbor list of each system is built at cutoff + skin and kept until
+one of *its* atoms has moved more than skin/2 since its build; then that
+system alone is rebuilt (the others keep their lists). Before the model
+sees them, stored pairs now beyond the cutoff are dropped, so the model
+gets exactly the pairs a fresh list would give (as ``MLFFCalculator`` does
+between calls; see its ``_SkinNeighborList``).
+
+Edges are kept in a canonical order, sorted by (i, j, shift): the pairs the
+model sees, and their order, depend only on the current positions, not on
+when or with which other systems a list was built. Restarts therefore
+repeat the uninterrupted run bit for bit.
+
+Per step the host learns one flag (did any system move far enough to need
+a rebuild?); everything else stays on the device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..batch import Batch
+from ..compiled import compiled, evaluate
+from ..forces import compute
+from ..neighbors import NeighborList, Neighbors, edge_vectors
+from .state import MDState
+
+
+def _canonical(edge_index: torch.Tensor, shifts: torch.Tensor, n_atoms: int) -> torch.Tensor:
+    """Permutation that sorts edges by (i, j, shift)."""
+    if edge_index.shape[1] == 0:
+        return torch.zeros(0, dtype=torch.long, device=edge_index.device)
+    reach = int(shifts.abs().max()) if shifts.numel() else 0
+    width = 2 * reach + 1
+    s = shifts + reach
+    shift_key = (s[:, 0] * width + s[:, 1]) * width + s[:, 2]
+    key = (edge_index[0] * n_atoms + edge_index[1]) * (width ** 3) + shift_key
+    return torch.argsort(key)
+
+
+class BatchedNeighbors:
+    """Per-system Verlet-skin lists for an :class:`MDState` (exact by construction).
+
+    Args:
+        cutoff: the model's cutoff, Å. skin: Å (0: rebuild every step).
+        backend: neighbor-list backend (see :mod:`ase_mlff.neighbors`).
+    """
+
+    def __init__(self, cutoff: float, skin: float = 1.0, backend: str = "auto"):
+        if not skin >= 0:
+            raise ValueError(f"skin must be >= 0 Å, got {skin}")
+        self.cutoff, self.skin = float(cutoff), float(skin)
+        self.wide = NeighborList(self.cutoff + self.skin, backend)
+        self.reference: torch.Tensor | None = None  # [N, 3] positions at each system's build
+        self.edge_index: torch.Tensor | None = None  # [2, E] wide list, canonical order
+        self.shifts: torch.Tensor | None = None
+        self.periodic = False
+        self.near: torch.Tensor | None = None  # [B] some pair of the system within skin of the cutoff
+        self._needs_filter = True
+        self.rebuilds = 0
+
+    def reset(self) -> None:
+        self.reference = None
+
+    def __call__(self, state: MDState) -> Neighbors:
+        positions = state.positions
+        if self.reference is None or self.reference.shape != positions.shape:
+            self._rebuild(state, None)
+        else:
+            moved = (positions - self.reference).square().sum(1)
+            per_system = torch.zeros(state.n_systems, dtype=moved.dtype, device=moved.device)
+            per_system.scatter_reduce_(0, state.system, moved, "amax", include_self=False)
+            stale = per_system > (0.5 * self.skin) ** 2
+            if self.skin == 0 or bool(stale.any()):  # the one host sync of a step
+                self._rebuild(state, stale)
+        n = Neighbors(self.edge_index, self.shifts, self.periodic)
+        if not self._needs_filter:
+            return n
+        vectors = edge_vectors(positions, state.cell, state.system, n)
+        inside = vectors.square().sum(1) < self.cutoff ** 2
+        return Neighbors(n.edge_index[:, inside], n.shifts[inside], n.periodic)
+
+    def _rebuild(self, state: MDState, stale: torch.Tensor | None) -> None:
+        self.rebuilds += 1
+        if stale is None or self.skin == 0 or bool(stale.all()):
+            edge_index, shifts, periodic = self._build(state.batch())
+            self.reference = state.positions.clone()
+            self.near = self._near(state, edge_index, shifts, periodic)
+        else:
+            systems = torch.nonzero(stale).squeeze(1)
+            atoms = torch.nonzero(stale[state.system]).squeeze(1)  # [n] global atom indices, sorted
+            sub = state.select(systems).batch()
+            sub_edges, sub_shifts, sub_periodic = self._build(sub)
+            sub_edges = atoms[sub_edges]
+            keep = ~stale[state.system[self.edge_index[0]]]
+            edge_index = torch.cat([self.edge_index[:, keep], sub_edges], 1)
+            shifts = torch.cat([self.shifts[keep], sub_shifts.to(self.shifts.dtype)])
+            periodic = self.periodic or sub_periodic
+            self.reference = torch.where(stale[state.system].unsqueeze(1), state.positions, self.reference)
+            near = self._near(state, edge_index, shifts, periodic)
+            self.near = torch.where(stale, near, self.near)
+        order = _canonical(edge_index, shifts, state.positions.shape[0])
+        self.edge_index, self.shifts, self.periodic = edge_index[:, order], shifts[order], periodic
+        self._needs_filter = self.skin > 0 and bool(self.near.any())
+        if self.skin == 0:
+            self._needs_filter = False
+
+    def _build(self, batch: Batch):
+        n = self.wide(batch) if self.skin > 0 else NeighborList(self.cutoff, self.wide.backend)(batch)
+        return n.edge_index, n.shifts, n.periodic
+
+    def _near(self, state: MDState, edge_index, shifts, periodic) -> torch.Tensor:
+        """[B] whether any pair lies within skin of the cutoff (only those can cross it)."""
+        d = torch.linalg.vector_norm(edge_vectors(state.positions, state.cell, state.system,
+                                                  Neighbors(edge_index, shifts, periodic)), dim=1)
+        band = (d > self.cutoff - self.skin) & (d < self.cutoff + self.skin)
+        near = torch.zeros(state.n_systems, dtype=torch.bool, device=d.device)
+        return near.index_fill_(0, state.system[edge_index[0]][band], True)
+
+
+class ForceField:
+    """Energy [B] and forces [N, 3] (float64, eV and eV/Å) of an MD state from a potential.
+
+    Args:
+        model: an ase_mlff ``Potential`` (its dtype and device are the network's).
+        skin, backend: see :class:`BatchedNeighbors`.
+        compile: evaluate the network under ``torch.compile`` (dynamic atom and
+            edge counts); falls back to eager with one warning where compilation fails.
+    """
+
+    def __init__(self, model, skin: float = 1.0, backend: str = "auto", compile: bool = False,
+                 evaluator=None):
+        self.model = model
+        self.neighbors = BatchedNeighbors(model.cutoff, skin, backend)
+        self.evaluator = evaluator if evaluator is not None else (compiled(model) if compile else model)
+        from ..forces import model_dtype
+
+        self.dtype = model_dtype(model)  # the network's: edge vectors are rounded to it, nothing else
+
+    def __call__(self, state: MDState) -> None:
+        """Set ``state.energy`` and ``state.forces`` (zero on fixed atoms)."""
+        neighbors = self.neighbors(state)
+        output = self._evaluate(state.batch(), neighbors)
+        forces = output.forces.to(torch.float64)
+        state.forces = forces * state.free.unsqueeze(1)
+        state.energy = output.energy.to(torch.float64).detach()
+
+    def _evaluate(self, batch: Batch, neighbors: Neighbors):
+        return evaluate(self.evaluator, lambda m: compute(m, batch, neighbors, forces=True, dtype=self.dtype))

@@ -1,0 +1,191 @@
+"""The MD loop: integrate, check for blow-ups, hand snapshots to the observers at intervals.
+
+Intervals count absolute steps (``step % interval == 0``), so a restarted
+run records the same steps as an uninterrupted one. A system that blows up
+(non-finite energy or forces, a temperature far beyond its target, atoms
+flying apart) is stopped and named; its frames up to its last recorded step
+stay, and the others run on. SIGINT/SIGTERM stop the run at the next step
+boundary, after that step's outputs.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from .integrators import Integrator
+from .state import MDState, kinetic_energy, temperature
+from .writers import Outputs, Progress, snapshot
+
+#: blow-up reasons, by code
+_REASONS = {1: "potential energy is not finite", 2: "forces are not finite", 3: "temperature", 4: "radius"}
+#: steps between the checks that atoms of a molecule flew apart
+RADIUS_CHECK_INTERVAL = 10
+
+
+@dataclass
+class Stopped:
+    """Systems that blew up: system id -> message."""
+
+    messages: dict
+
+
+class Simulation:
+    """One run of a batch: the state, its force field and integrator, and the outputs."""
+
+    def __init__(self, state: MDState, force_field, integrator: Integrator, settings, outputs: Outputs,
+                 labels: list[str], progress: bool):
+        self.state, self.force_field, self.integrator = state, force_field, integrator
+        self.settings, self.outputs, self.labels = settings, outputs, labels
+        self.status = {k: "running" for k in state.system_id.tolist()}
+        self.messages: dict[int, str] = {}
+        self.stop_signal: str | None = None
+        n_atoms = int(state.n_atoms.sum())
+        self.progress = Progress(settings.steps, state.step, n_atoms) if progress else None
+
+    # -- checks ------------------------------------------------------------------
+    def _blowup_codes(self) -> torch.Tensor:
+        """[B] int: 0 fine, else a key of _REASONS."""
+        s = self.state
+        codes = torch.zeros(s.n_systems, dtype=torch.long, device=s.device)
+        bad_forces = torch.zeros(s.n_systems, dtype=torch.long, device=s.device).index_add_(
+            0, s.system, (~torch.isfinite(s.forces).all(1)).long())
+        hot = ~(temperature(s) <= s.thermostat["max_temperature"])  # NaN too
+        codes = torch.where(hot, 3, codes)
+        if s.step % RADIUS_CHECK_INTERVAL == 0 and "max_radius" in s.thermostat:
+            codes = torch.where(self._radius() > s.thermostat["max_radius"], 4, codes)
+        codes = torch.where(bad_forces > 0, 2, codes)
+        return torch.where(~torch.isfinite(s.energy), 1, codes)
+
+    def _radius(self) -> torch.Tensor:
+        """[B] Å, largest distance of an atom from its system's centre of mass (molecules; 0 if periodic)."""
+        s = self.state
+        m = s.masses.unsqueeze(1)
+        mass = torch.zeros(s.n_systems, dtype=m.dtype, device=s.device).index_add_(0, s.system, s.masses)
+        com = torch.zeros_like(s.cell[:, 0]).index_add_(0, s.system, m * s.positions) / mass.unsqueeze(1)
+        r = torch.linalg.vector_norm(s.positions - com[s.system], dim=1)
+        radius = torch.zeros_like(mass).scatter_reduce_(0, s.system, r, "amax", include_self=False)
+        return torch.where(s.pbc.any(1), torch.zeros_like(radius), radius)
+
+    def _stop_systems(self, codes: torch.Tensor) -> None:
+        s = self.state
+        bad = torch.nonzero(codes).squeeze(1).tolist()
+        temps = temperature(s).tolist()
+        radius = self._radius().tolist() if 4 in codes.tolist() else None
+        for b in bad:
+            k = int(s.system_id[b])
+            code = int(codes[b])
+            if code == 3:
+                limit = float(s.thermostat["max_temperature"][b])
+                reason = f"temperature {temps[b]:.4g} K is far beyond the target (limit {limit:g} K)"
+            elif code == 4:
+                limit = float(s.thermostat["max_radius"][b])
+                reason = (f"an atom is {radius[b]:.3g} Å from the centre of mass: atoms flew apart "
+                          f"(limit {limit:.3g} Å)")
+            else:
+                reason = _REASONS[code]
+            last = self.outputs.last_recorded.get(k)
+            where = f"{self.labels[k]}: " if len(self.status) > 1 else ""
+            self.messages[k] = (f"{where}simulation blew up at step {s.step}: {reason}; kept the frames up "
+                                f"to step {last}")
+            self.status[k] = "blew-up"
+            self.outputs.h5.set_system_attrs(k, status="blew-up", message=self.messages[k],
+                                             last_step=int(s.step))
+            self.outputs.note(f"blew-up: {self.messages[k]}")
+        keep = torch.nonzero(codes == 0).squeeze(1)
+        self.state = s.select(keep)
+        self.force_field.neighbors.reset()
+        if self.state.n_systems:
+            self.outputs.h5.flush(self.checkpoint())
+
+    # -- the loop ------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        s = self.state
+        return {"step": s.step, "systems": s.system_id.cpu().numpy(), "positions": s.positions.cpu().numpy(),
+                "momenta": s.momenta.cpu().numpy(),
+                "thermostat": {k: v.cpu().numpy() for k, v in s.thermostat.items() if not k.startswith("noise_")}}
+
+    def observe(self) -> None:
+        """Outputs due at the current step."""
+        st, step = self.settings, self.state.step
+        due_h5, due_traj = step % st.h5_interval == 0, st.traj_interval > 0 and step % st.traj_interval == 0
+        due_log = step % st.log_interval == 0
+        due_draw = self.progress is not None and step % max(1, min(10, st.steps // 100 or 1)) == 0
+        if not (due_h5 or due_traj or due_log or due_draw):
+            return
+        host = snapshot(self.state)
+        if due_h5:
+            self.outputs.record(host)
+            if self.outputs.h5.due():
+                self.outputs.h5.flush(self.checkpoint())
+        if due_traj:
+            self.outputs.write_traj(host)
+        if due_log:
+            self.outputs.log_line(host)
+        if due_draw:
+            single = len(host["energy"]) == 1 and len(self.status) == 1
+            self.progress.draw(step, host["temperature"],
+                               float(host["energy"][0] + host["kinetic"][0]) if single else None)
+
+    def run(self) -> tuple[str, str]:
+        """Run to ``settings.steps``; returns (status, message) of the run as a whole."""
+        steps = self.settings.steps
+        while self.state.step < steps:
+            self.integrator(self.state, self.force_field)
+            codes = self._blowup_codes()
+            if bool(codes.any()):
+                self._stop_systems(codes)
+                if not self.state.n_systems:
+                    break
+            self.observe()
+            if self.stop_signal is not None:
+                return "interrupted", (f"stopped by {self.stop_signal} at step {self.state.step}; "
+                                       "files closed cleanly")
+        if self.state.n_systems:
+            for k in self.state.system_id.tolist():
+                self.status[k] = "completed"
+        failed = [k for k, v in self.status.items() if v == "blew-up"]
+        if failed and not self.state.n_systems:
+            return "blew-up", "; ".join(self.messages[k] for k in failed)
+        if failed:
+            return "completed", (f"completed {steps} steps; {len(failed)} of {len(self.status)} systems blew up: "
+                                 + "; ".join(self.messages[k] for k in failed))
+        return "completed", f"completed {steps} steps"
+
+    def close(self, status: str) -> None:
+        # after a crash the current state is not trustworthy: keep the previous checkpoint
+        consistent = status in ("completed", "interrupted") and self.state.n_systems > 0
+        h5 = self.outputs.h5
+        try:
+            for k, v in self.status.items():
+                if v != "blew-up":
+                    h5.set_system_attrs(k, status=status if v == "running" else v, last_step=int(self.state.step))
+            h5.set_attrs(status=status, last_step=int(self.state.step))
+            self.outputs.close(self.checkpoint() if consistent else None)
+        finally:
+            if self.progress is not None:
+                self.progress.finish()
+
+
+def with_signals(sim: Simulation, handle_signals: bool) -> dict:
+    """Install SIGINT/SIGTERM handlers that stop the run at the next step boundary."""
+    if not handle_signals or threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if sim.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        sim.stop_signal = name
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def initial_energy(state: MDState) -> torch.Tensor:
+    return state.energy + kinetic_energy(state)

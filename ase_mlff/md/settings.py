@@ -1,0 +1,59 @@
+"""What defines a run: the settings, their defaults (written here once) and their units.
+
+========================  ========================================================
+user quantity (unit)      engine quantity (ASE units)
+========================  ========================================================
+``timestep_fs`` (fs)      ``dt = timestep_fs * units.fs``
+``friction_per_fs`` (1/fs)  ``γ = friction_per_fs / units.fs``
+``taut_fs`` (fs)          Bussi / Nosé-Hoover time constant ``τ = taut_fs * units.fs``
+``temperature_K`` (K)     ``k_B T = units.kB * temperature_K`` (eV)
+========================  ========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .report import DEFAULT_MAX_DRIFT
+from .validate import check_settings
+
+ENSEMBLES = ("nve", "langevin", "bussi", "nose-hoover")
+VELOCITY_MODES = ("maxwell-boltzmann", "input")
+
+
+@dataclass(frozen=True)
+class MDSettings:
+    """Everything that defines a run (stored in the HDF5 file, reused by restarts).
+
+    ``steps`` is the total number of steps of the run, counted from step 0.
+    Invalid values raise ``ValueError`` when the settings are made.
+    """
+
+    ensemble: str = "nve"
+    timestep_fs: float = 0.5
+    temperature_K: float = 300.0
+    friction_per_fs: float = 0.01
+    taut_fs: float = 100.0
+    steps: int = 1000
+    seed: int | None = None
+    velocities: str = "maxwell-boltzmann"
+    traj_interval: int = 10
+    h5_interval: int = 10
+    log_interval: int = 100
+    flush_every: int = 100
+    max_drift_meV_per_atom_per_ps: float = DEFAULT_MAX_DRIFT
+
+    def __post_init__(self):
+        for f in fields(self):  # numbers from JSON or the command line: store them as declared
+            value = getattr(self, f.name)
+            if f.type in ("float",) and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+        check_settings(self, ENSEMBLES, VELOCITY_MODES)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> "MDSettings":
+        """The settings stored in a run file's attributes."""
+        return cls(**{f.name: meta[f.name] for f in fields(cls) if f.name in meta})
