@@ -12,8 +12,8 @@ positions must be taken before any rounding to the network's dtype (see
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -53,10 +53,20 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ValueError(
             f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
         ) from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"device {device!r}: {resolved.type} devices are not supported; use 'auto', 'cpu', "
+            "'cuda' or 'cuda:N'"
+        )
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {device!r} was requested but CUDA is not available "
             "(CPU-only torch or no GPU); use device='cpu' or 'auto'"
+        )
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+            "use cuda:0 .. cuda:N-1"
         )
     return resolved
 
@@ -86,7 +96,7 @@ class Batch:
     def n_systems(self) -> int:
         return self.cell.shape[0]
 
-    def replace(self, **changes) -> "Batch":
+    def replace(self, **changes) -> Batch:
         fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
         fields.update(changes)
         return Batch(**fields)

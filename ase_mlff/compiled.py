@@ -27,7 +27,11 @@ class CompiledModel:
 
     def __init__(self, model):
         self.model = model
-        self.compiled = torch.compile(model, dynamic=True)
+        with warnings.catch_warnings():
+            # torch's inductor imports its own deprecated torch.jit helpers (torch 2.13): not ours to fix
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script_method. is deprecated",
+                                    category=DeprecationWarning)
+            self.compiled = torch.compile(model, dynamic=True)
         self.ready = False
         self.seconds: float | None = None
         self.failed: str | None = None
@@ -35,7 +39,7 @@ class CompiledModel:
     def first_call(self, run):
         start = time.perf_counter()
         try:
-            result = run(self.compiled)
+            result = run(self)
         except Exception as error:  # compilation errors come in many types
             first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
             self.failed = f"{type(error).__name__}: {first}"
@@ -48,7 +52,13 @@ class CompiledModel:
         return result
 
     def __call__(self, *args):
-        return self.compiled(*args)
+        if self.compiled is self.model:
+            return self.model(*args)
+        with warnings.catch_warnings():
+            # dynamo's tracing reads .grad of the (non-leaf) edge vectors, which torch warns about
+            warnings.filterwarnings("ignore", message=r"The \.grad attribute of a Tensor that is not a leaf",
+                                    category=UserWarning)
+            return self.compiled(*args)
 
     def __getattr__(self, name):  # cutoff, species, ... of the underlying model
         return getattr(self.__dict__["model"], name)

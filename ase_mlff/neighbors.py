@@ -165,7 +165,7 @@ class NeighborList:
                 center, image, d2 = _search_cells(batch, images, reach2)
             return _finish(batch, images, center, image, d2, self.cutoff, margin)
 
-    def _search_cluster(self, batch: Batch, images: "_Images", radius: float):
+    def _search_cluster(self, batch: Batch, images: _Images, radius: float):
         n_per_system = torch.bincount(images.system, minlength=batch.n_systems)
         # An atom has at most as many neighbors as its structure has images.
         bound = int(n_per_system.max())

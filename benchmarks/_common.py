@@ -13,8 +13,8 @@ import platform
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 DATA = Path(os.environ.get("MLFF_BENCH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 ETHANOL = DATA / "ethanol_rmd17_train.extxyz.gz"
@@ -107,7 +107,7 @@ def machine() -> str:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
             f"{cores} cores{load}, {gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"python {platform.python_version()}")

@@ -8,7 +8,8 @@ through ``MLFFCalculator`` with torch's intra-op pool at 1 thread, 2 threads
 and an oversubscribed 8 threads (what torch picks by itself inside a
 container that hides the real core count), plus the calculator's own default
 (``num_threads=None``: ``MLFF_NUM_THREADS``, else one thread below
-``ase_mlff.threads.SMALL_SYSTEM_ATOMS`` atoms and the usable cores above). Settings are interleaved round by round so that they see the same
+``ase_mlff.threads.SMALL_SYSTEM_ATOMS`` atoms and the usable cores above). Settings are
+interleaved round by round so that they see the same
 background load; the load average is printed with the table, because
 oversubscription hurts most when other processes hold the cores.
 """

@@ -62,16 +62,16 @@ def test_outputs_exist_and_agree(tmp_path, ar_files):
 def test_hdf5_schema_units_and_metadata(tmp_path, ar_files):
     structure, model = ar_files
     out = tmp_path / "ar"
-    result = invoke(*RUN_AR, structure, "-m", model, "--steps", 600, "--h5-interval", 120, "-o", out)
+    result = invoke(*RUN_AR, structure, "-m", model, "--steps", 600, "-o", out)
     assert result.exit_code == 0, result.output
-    n = 13
+    n, n_frames = 13, 61
     with h5py.File(tmp_path / "ar.h5", "r") as f:
         assert f.attrs["format"] == "ase-mlff-md"
         assert f.attrs["status"] == "completed"
-        assert f.attrs["n_frames"] == 6 and f.attrs["format_version"] == 2 and f.attrs["n_systems"] == 1
+        assert f.attrs["n_frames"] == n_frames and f.attrs["format_version"] == 2 and f.attrs["n_systems"] == 1
         for name, (per_atom, shape, dtype, unit) in FRAME_FIELDS_V2.items():
             ds = f["systems/0/frames"][name]
-            assert ds.shape == (6, *((n,) if per_atom else ()), *shape), name
+            assert ds.shape == (n_frames, *((n,) if per_atom else ()), *shape), name
             assert ds.dtype == dtype
             assert ds.maxshape[0] is None and ds.chunks is not None  # resizable, chunked
             assert ds.attrs["units"] == unit
@@ -150,17 +150,10 @@ def test_report_and_plot(tmp_path, ar_files):
     assert result.exit_code == 0, result.output
     assert "meV/atom/ps" in result.output and "PASS" in result.output
     assert (tmp_path / "ar.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # a threshold no real run can meet turns the verdict into FAIL and the exit code non-zero
+    # a threshold inside the slope's uncertainty cannot be decided: no verdict, exit 0
+    # (a model that really drifts FAILs: tests/test_md_safety.py)
     result = invoke("report", tmp_path / "ar.h5", "--max-drift", "0")
-    assert result.exit_code == 1 and "FAIL" in result.output
-
-
-def test_failed_check_gives_nonzero_exit(tmp_path, ar_files):
-    structure, model = ar_files
-    result = invoke(*RUN_AR, structure, "-m", model, "--steps", 600, "-o", tmp_path / "ar", "--max-drift", "0")
-    assert result.exit_code == 1 and "FAIL" in result.output
-    with h5py.File(tmp_path / "ar.h5", "r") as f:
-        assert f["systems/0/report"].attrs["verdict"] == "FAIL"
+    assert result.exit_code == 0 and "UNDECIDED" in result.output
 
 
 def test_convert(tmp_path, ar_files):

@@ -202,7 +202,8 @@ def test_one_system_blowing_up_stops_only_that_system(tmp_path):
                     output=tmp_path / "b", h5_interval=10, traj_interval=10)
     assert result.exit_code == 3
     assert [s["status"] for s in result.systems] == ["completed", "blew-up", "completed"]
-    assert "system 1" in result.systems[1]["message"] and "step 29" in result.systems[1]["message"]
+    # evaluation k (1-based) belongs to step k-1: the first NaN is at step 30
+    assert "system 1" in result.systems[1]["message"] and "step 30" in result.systems[1]["message"]
     np.testing.assert_array_equal(frames(tmp_path / "b.h5", "step", system=1), [0, 10, 20])
     assert frames(tmp_path / "b.h5", "step", system=2)[-1] == 100
     with h5py.File(tmp_path / "b.h5") as f:
@@ -339,3 +340,70 @@ def test_cuda_batch_matches_cpu(tmp_path):
     for k in range(3):
         np.testing.assert_allclose(frames(tmp_path / "gpu.h5", "positions", k),
                                    frames(tmp_path / "cpu.h5", "positions", k), rtol=0, atol=1e-8)
+
+
+# -- compiled models ----------------------------------------------------------------------------
+def test_compile_falls_back_to_eager_with_one_warning(tmp_path, monkeypatch):
+    def broken(model, **kwargs):
+        def fail(*args):
+            raise RuntimeError("no C compiler found\nmore detail")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model = LennardJones(["Ar"], AR_EPSILON, AR_SIGMA)
+    eager = run_md(argon_cluster(), _calc(model), steps=20, seed=1, output=tmp_path / "e", traj_interval=0)
+    with pytest.warns(RuntimeWarning, match="torch.compile is unavailable here .RuntimeError: no C compiler"):
+        compiled = run_md(argon_cluster(), MLFFCalculator(model, dtype="float64", compile=True), steps=20,
+                          seed=1, output=tmp_path / "c", traj_interval=0)
+    assert compiled.status == eager.status == "completed"
+    np.testing.assert_array_equal(frames(tmp_path / "c.h5", "positions"), frames(tmp_path / "e.h5", "positions"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ethanol-painn", "ethanol-schnet"])
+def test_compiled_model_equals_eager_within_float32_rounding(tmp_path, name):
+    # a cold compile takes a minute or two here. Forces of the compiled float32 network equal the
+    # eager ones to float32 rounding of sums over ~10 neighbours: eps32 · max|F| · 16 · sqrt(10).
+    from conftest import EPS32
+
+    atoms = ethanol(0)
+    eager = MLFFCalculator(name, num_threads=1)
+    compiled = MLFFCalculator(name, num_threads=1, compile=True)
+    structures = [ethanol(k) for k in range(3)]
+    for a in structures:
+        forces = eager.get_forces(a)
+        tol = EPS32 * np.abs(forces).max() * 16 * np.sqrt(10)
+        np.testing.assert_allclose(compiled.get_forces(a), forces, rtol=0, atol=tol)
+    # MD: the edge count changes as the molecule vibrates, without recompiling
+    result = run_md(atoms, compiled, steps=200, seed=1, output=tmp_path / "c", traj_interval=0)
+    assert result.status == "completed" and result.compile_s is None  # compiled by the calls above
+
+
+# -- version-1 files ----------------------------------------------------------------------------
+def test_version_1_files_stay_readable_and_restartable(tmp_path):
+    import shutil
+
+    from conftest import DATA
+
+    for name in ("md_v1_argon.h5", "md_v1_argon.traj"):
+        shutil.copy(DATA / name, tmp_path / name)
+    run = tmp_path / "md_v1_argon.h5"
+    with h5py.File(run) as f:
+        assert f.attrs["format_version"] == 1 and "frames" in f
+        steps_v1 = f["frames/step"][:]
+    images = ase.io.read(run, ":")  # the ASE plugin
+    assert [a.info["step"] for a in images] == steps_v1.tolist() == [0, 10, 20, 30, 40]
+    result = invoke("report", run)
+    assert result.exit_code == 0 and "Energy conservation" in result.output, result.output
+    assert invoke("convert", run, tmp_path / "out.xyz").exit_code == 0
+    assert len(ase.io.read(tmp_path / "out.xyz", ":")) == 5
+    result = invoke("run", "-q", "--restart", run, "--steps", 80, "-m", DATA / "md_v1_ar-lj.pt")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "md_v1_argon.v1.h5").exists()  # the original is kept
+    with h5py.File(run) as f:
+        assert f.attrs["format_version"] == 2
+        np.testing.assert_array_equal(f["systems/0/frames/step"][:], np.arange(0, 81, 10))
+    # NVE continues the exact state: energy stays conserved across the upgrade
+    total = frames(run, "total_energy")
+    assert np.ptp(total) < 1e-3 * 13 * 1e-3 * 10
+    assert len(ase.io.read(tmp_path / "md_v1_argon.traj", ":")) == 9

@@ -221,7 +221,8 @@ def test_thermostats_reach_target_temperature(tmp_path, ensemble):
                     ensemble=ensemble, timestep_fs=10.0, temperature_K=20.0, friction_per_fs=0.01,
                     taut_fs=200.0, steps=40_000, seed=3, output=tmp_path / ensemble, traj_interval=0)
     assert result.status == "completed", result.message
-    temperature = frames(tmp_path / f"{ensemble}.h5", "temperature")[len(frames(tmp_path / f"{ensemble}.h5", "temperature")) // 10:]
+    temperature = frames(tmp_path / f"{ensemble}.h5", "temperature")
+    temperature = temperature[len(temperature) // 10:]
     blocks = np.array_split(temperature, 20)
     means = np.array([b.mean() for b in blocks])
     error = means.std(ddof=1) / np.sqrt(len(means))

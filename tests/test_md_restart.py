@@ -138,22 +138,24 @@ def test_sigterm_closes_files_cleanly(tmp_path, ar_files):
 
 def test_sigint_stops_at_a_step_boundary_and_restarts(tmp_path):
     """Ctrl-C during a force call: the step finishes, files close with a consistent checkpoint."""
-    from ase.calculators.lj import LennardJones as AseLJ
     from test_md_fixtures import AR_EPSILON, AR_SIGMA, argon_cluster
 
+    from ase_mlff import MLFFCalculator
     from ase_mlff.md import restart_md, run_md
+    from ase_mlff.models import LennardJones
 
-    class Interrupting(AseLJ):
+    class Interrupting(LennardJones):
         calls = 0
 
-        def calculate(self, *args, **kwargs):
-            super().calculate(*args, **kwargs)
+        def forward(self, *args):
+            energies = super().forward(*args)
             Interrupting.calls += 1
             if Interrupting.calls == 35:
                 os.kill(os.getpid(), signal.SIGINT)
+            return energies
 
     def lj():
-        return Interrupting(sigma=AR_SIGMA, epsilon=AR_EPSILON, rc=3 * AR_SIGMA, smooth=True)
+        return MLFFCalculator(Interrupting(["Ar"], AR_EPSILON, AR_SIGMA, cutoff=3 * AR_SIGMA), dtype="float64")
 
     previous = signal.getsignal(signal.SIGINT)
     result = run_md(argon_cluster(), lj(), timestep_fs=5.0, temperature_K=30.0, steps=80, seed=2,

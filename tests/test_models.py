@@ -19,7 +19,7 @@ from ase.build import bulk
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 from ase.calculators.lj import LennardJones as AseLennardJones
 from ase.stress import voigt_6_to_full_3x3_stress
-from conftest import ARCHITECTURES, EPS32, EPS64, NETWORKS, ethanol, make_model, molybdenum, silicon, water
+from conftest import ARCHITECTURES, EPS32, EPS64, ethanol, make_model, molybdenum, silicon, water
 
 from ase_mlff import MLFFCalculator
 from ase_mlff.batch import atoms_to_batch

@@ -92,7 +92,7 @@ def test_small_silicon_and_molybdenum_cells(backend, cutoff):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_random_triclinic_cells_smaller_than_cutoff_and_unwrapped(backend):
     rng = np.random.default_rng(7)
-    for trial in range(12):
+    for _ in range(12):
         n = int(rng.integers(1, 9))
         cell = random_cell(rng, length=rng.uniform(1.5, 6.0))
         # fractional coordinates far outside [0, 1): positions are not wrapped

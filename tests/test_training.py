@@ -146,21 +146,19 @@ def test_hdf5_written_by_the_md_driver(tmp_path):
     np.testing.assert_allclose(data.atoms[1].cell.array, runs[0][0].cell.array)
 
 
-def test_hdf5_version_1_layout(tmp_path):
-    import h5py
+def test_hdf5_version_1_file():
+    # a real version-1 file (one system at the root), written before multi-system runs
+    from conftest import DATA
 
-    # version 1 (one system at the root), as written before multi-system runs
-    frames = read(WATER, index=":")
-    path = tmp_path / "v1.h5"
-    with h5py.File(path, "w") as h5:
-        h5["frames/positions"] = np.stack([a.positions for a in frames])
-        h5["frames/forces"] = np.stack([a.get_forces() for a in frames])
-        h5["frames/potential_energy"] = [a.get_potential_energy() for a in frames]
-        h5["numbers"], h5["cell"], h5["pbc"] = frames[0].numbers, frames[0].cell[:], frames[0].pbc
+    from ase_mlff.md.h5 import read_frames
+
+    path = DATA / "md_v1_argon.h5"
     data = read_dataset(path)
-    assert len(data) == 2 and data.atoms[0].pbc.all()
-    np.testing.assert_array_equal(data.atoms[1].positions, frames[1].positions)
-    np.testing.assert_array_equal(data.forces[1], frames[1].get_forces())
+    frames = read_frames(path)
+    assert len(data) == len(frames) == 5
+    np.testing.assert_array_equal(data.atoms[3].positions, frames[3].positions)
+    np.testing.assert_array_equal(data.forces[3], frames[3].get_forces())
+    assert data.energy[3] == frames[3].get_potential_energy()
 
 
 def test_missing_file_and_unknown_unit(tmp_path):

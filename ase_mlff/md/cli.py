@@ -54,6 +54,8 @@ def read_structures(spec: str) -> list[tuple[str, object]]:
         raise click.ClickException(f"{path} is a directory; give a structure file")
     try:
         selection = string2index(index) if index is not None else 0
+        if isinstance(selection, str):  # ASE passes non-numbers on as database queries
+            raise ValueError(index)
     except ValueError:
         raise click.ClickException(f"{spec}: {index!r} is not a frame index or slice; write e.g. "
                                    f"{path}@0, {path}@-1 or {path}@: (every frame)") from None
@@ -122,7 +124,7 @@ def _calculator(model: str | None, numbers, device: str, dtype: str, threads: in
 
 def _echo_result(result, quiet: bool) -> None:
     if result.compile_s is not None:
-        click.echo(f"compiled the model in {result.compile_s:.1f} s (first call, included in the time below)")
+        click.echo(f"compiled the model in {result.compile_s:.1f} s (before the first step, not in the time below)")
     if result.steps_run:
         rate = result.steps_run / result.wall_s if result.wall_s > 0 else float("nan")
         summary, _, note = result.message.partition("\n")
@@ -423,6 +425,8 @@ def convert(h5file, output, index, system, overwrite):
     _writable(output, "OUTPUT")
     try:
         selection = string2index(index)
+        if isinstance(selection, str):  # ASE passes non-numbers on as database queries
+            raise ValueError(index)
     except ValueError:
         raise click.ClickException(f"--index {index!r} is not a frame index or slice; write e.g. ':', '-1' "
                                    "or '::10'") from None

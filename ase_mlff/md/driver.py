@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import os
 import secrets
-
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -109,16 +108,16 @@ def _as_calculator(calculator):
                     "MLFFCalculator or an ase_mlff Potential (for other ASE calculators use ASE's integrators)")
 
 
-def _force_field(calc, compile: bool | None) -> ForceField:
-    if calc.device.type == "cpu":
+def _force_field(calc, compile: bool | None, n_atoms: int) -> ForceField:
+    if calc.device.type == "cpu":  # the calculator's size-aware default (see ase_mlff.threads)
         from ..threads import set_threads
 
-        calc.num_threads = set_threads(calc._requested_threads, n_atoms=None)
+        calc.num_threads = set_threads(calc._requested_threads, n_atoms=n_atoms)
     skin = float(calc.parameters.get("skin", 1.0))
     backend = calc.parameters.get("neighbor_backend", "auto")
     want = bool(getattr(calc, "compile", False)) if compile is None else bool(compile)
     evaluator = getattr(calc, "evaluator", None) if want and getattr(calc, "compile", False) else None
-    return ForceField(calc.model, skin=skin, backend=backend, compile=want, evaluator=evaluator)
+    return ForceField(calc.model, skin=skin, backend=backend, compile=want, evaluator=evaluator, dtype=calc.dtype)
 
 
 def _targets(value, n: int, name: str) -> torch.Tensor:
@@ -151,13 +150,23 @@ def _labels(structures, labels):
     return labels
 
 
+def _writable_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and prove it takes files (permission bits say nothing to root)."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mlff-md-probe-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ValueError(f"cannot write outputs into {folder} ({reason}); choose another --output") from None
+
+
 def _claim_outputs(paths: dict, overwrite: bool) -> OutputLock:
     """Lock the prefix, then make sure every output is free (or may be replaced); nothing is
     touched before both hold."""
-    for path in (paths["h5"], paths["log"]):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not os.access(path.parent, os.W_OK):
-            raise ValueError(f"cannot write into {path.parent} (permission denied); choose another --output")
+    _writable_folder(paths["h5"].parent)
     lock = OutputLock(paths["lock"])
     lock.acquire()
     try:
@@ -263,8 +272,9 @@ def run_md(structures: Atoms | Sequence[Atoms], calculator=None, *, ensemble: st
         init_thermostat(state, settings.ensemble, units.kB * temperature.to(calc.device),
                         friction.to(calc.device), taut.to(calc.device))
         _limits(state, temperature, model.cutoff)
-        force_field = _force_field(calc, compile)
-        force_field(state)
+        force_field = _force_field(calc, compile, int(state.positions.shape[0]))
+        compiles_now = not getattr(force_field.evaluator, "ready", True)
+        force_field(state)  # a compiled model compiles here, before the timed loop
         meta = {**(metadata or {}), **settings.as_dict(), "n_systems": n,
                 "n_atoms": int(sum(len(a) for a in structures)),
                 "formula": structures[0].get_chemical_formula() if n == 1 else f"{n} systems",
@@ -285,6 +295,7 @@ def run_md(structures: Atoms | Sequence[Atoms], calculator=None, *, ensemble: st
         sim = Simulation(state, force_field, Integrator(settings.ensemble, settings.timestep_fs * units.fs),
                          settings, outputs, labels, progress)
         sim.observe()  # step 0
+        sim.compile_s = force_field.evaluator.seconds if compiles_now else None
         return _execute(sim, handle_signals, paths, settings)
     finally:
         lock.release()
@@ -323,56 +334,48 @@ def _execute(sim: Simulation, handle_signals: bool, paths: dict, settings: MDSet
             sim.close(status)
     wall = time.perf_counter() - start
     last_step = int(sim.state.step)
+    sim.outputs.h5.flush()  # every frame on disk before the reports read them
+    systems = _reports(sim.outputs.h5, sim, settings, status)
     sim.close(status)
-    systems = _reports(paths["h5"], sim, settings, status)
     with open(paths["log"], "a", encoding="utf-8") as log:
         log.write(f"# {status}: {message}\n")
-        for k, s in enumerate(systems):
+        for s in systems:
             if s["report"] is not None:
                 head = f"# {s['label']}: " if len(systems) > 1 else "# "
                 log.write("".join(f"{head}{line}\n" for line in s["report"].format().splitlines()))
-    evaluator = sim.force_field.evaluator
     return MDResult(status=status, message=message, last_step=last_step, settings=settings, paths=paths,
                     systems=systems, wall_s=wall, steps_run=last_step - steps_before,
-                    compile_s=getattr(evaluator, "seconds", None))
+                    compile_s=getattr(sim, "compile_s", None))
 
 
-def _reports(h5_path: Path, sim: Simulation, settings: MDSettings, status: str) -> list[dict]:
-    """Per-system reports of a finished run, stored under /systems/<k>/report."""
-    import h5py
-
-    from .h5 import _attr
-
-    systems = []
-    with h5py.File(h5_path, "a") as f:
-        verdicts = []
-        for k in range(len(f["systems"])):
-            g = f["systems"][str(k)]
-            frames = g["frames"]
-            entry = {"label": str(g.attrs["label"]), "n_atoms": int(g.attrs["n_atoms"]),
-                     "status": sim.status.get(k, str(g.attrs.get("status"))), "message": sim.messages.get(k, ""),
-                     "report": None, "note": ""}
-            if status == "completed" and entry["status"] == "completed":
-                try:
-                    if settings.ensemble == "nve":
-                        report = energy_conservation(frames["time"][:], frames["total_energy"][:],
-                                                     frames["kinetic_energy"][:], entry["n_atoms"],
-                                                     settings.max_drift_meV_per_atom_per_ps)
-                    else:
-                        report = temperature_statistics(frames["temperature"][:], float(g.attrs["temperature_K"]))
-                    entry["report"] = report
-                    group = g.require_group("report")
-                    for key, value in report.as_dict().items():
-                        group.attrs[key] = _attr(value)
-                    if hasattr(report, "verdict"):
-                        g.attrs["energy_conservation"] = report.verdict
-                        verdicts.append(report.verdict)
-                except ValueError as error:  # too few frames to judge
-                    entry["note"] = f"no report: {error}"
-            systems.append(entry)
-        if verdicts:
-            f.attrs["energy_conservation"] = ("FAIL" if "FAIL" in verdicts else
-                                              "PASS" if all(v == "PASS" for v in verdicts) else verdicts[0])
+def _reports(writer, sim: Simulation, settings: MDSettings, status: str) -> list[dict]:
+    """Per-system reports of a finished run, written by the HDF5 writer under /systems/<k>/report."""
+    systems, verdicts = [], []
+    for k, group in enumerate(writer.systems):
+        frames = group["frames"]
+        entry = {"label": str(group.attrs["label"]), "n_atoms": int(group.attrs["n_atoms"]),
+                 "status": sim.status.get(k, str(group.attrs.get("status"))), "message": sim.messages.get(k, ""),
+                 "report": None, "note": ""}
+        if status == "completed" and entry["status"] in ("running", "completed"):
+            try:
+                if settings.ensemble == "nve":
+                    report = energy_conservation(frames["time"][:], frames["total_energy"][:],
+                                                 frames["kinetic_energy"][:], entry["n_atoms"],
+                                                 settings.max_drift_meV_per_atom_per_ps)
+                else:
+                    report = temperature_statistics(frames["temperature"][:], float(group.attrs["temperature_K"]))
+            except ValueError as error:  # too few frames to judge
+                entry["note"] = f"no report: {error}"
+            else:
+                entry["report"] = report
+                writer.write_report(k, report.as_dict())
+                if hasattr(report, "verdict"):
+                    writer.set_system_attrs(k, energy_conservation=report.verdict)
+                    verdicts.append(report.verdict)
+        systems.append(entry)
+    if verdicts:
+        writer.set_attrs(energy_conservation="FAIL" if "FAIL" in verdicts else
+                         "PASS" if all(v == "PASS" for v in verdicts) else "UNDECIDED")
     return systems
 
 
@@ -394,6 +397,7 @@ def restart_md(h5_path: str | os.PathLike, calculator, *, steps: int | None = No
     h5_path = Path(h5_path)
     calc = _as_calculator(calculator)
     count = n_systems(h5_path)
+    notes = []
     paths = output_paths(h5_path, count)
     paths["h5"] = h5_path
     lock = OutputLock(paths["lock"])
@@ -401,9 +405,11 @@ def restart_md(h5_path: str | os.PathLike, calculator, *, steps: int | None = No
     try:
         state_dict = read_checkpoint(h5_path)
         if state_dict["version"] < 2:
-            raise ValueError(f"{h5_path} was written by an earlier mlff-md (format version 1); its "
-                             "thermostat noise cannot be continued bit for bit: start a new run from its last "
-                             f"frame (mlff-md run {h5_path.with_suffix('.traj')}@-1 --velocities input)")
+            from .h5 import upgrade_version_1
+
+            backup = upgrade_version_1(h5_path)
+            notes.append(f"upgraded {h5_path} from format version 1 to 2 (original kept as {backup})")
+            state_dict = read_checkpoint(h5_path)
         meta = state_dict["metadata"]
         settings = MDSettings.from_metadata(meta)
         if steps is not None:
@@ -438,7 +444,8 @@ def restart_md(h5_path: str | os.PathLike, calculator, *, steps: int | None = No
         state.thermostat = {k: torch.from_numpy(np.asarray(v)).to(calc.device)
                             for k, v in state_dict["thermostat"].items()}
         state.step = start
-        force_field = _force_field(calc, compile)
+        force_field = _force_field(calc, compile, int(state.positions.shape[0]))
+        compiles_now = not getattr(force_field.evaluator, "ready", True)
         force_field(state)
         for k in active:
             if settings.traj_interval > 0:
@@ -465,9 +472,12 @@ def restart_md(h5_path: str | os.PathLike, calculator, *, steps: int | None = No
                 outputs.last_recorded[k] = int(steps_k[-1])
         outputs.h5.set_attrs(status="running")
         outputs.log_header({"command_line": command_line}, start)
+        for note in notes:
+            outputs.note(note)
         all_labels = [str(outputs.h5.systems[k].attrs["label"]) for k in range(count)]
         sim = Simulation(state, force_field, Integrator(settings.ensemble, settings.timestep_fs * units.fs),
                          settings, outputs, all_labels, progress)
+        sim.compile_s = force_field.evaluator.seconds if compiles_now else None
         for k in range(count):
             if k not in active:
                 sim.status[k] = str(outputs.h5.systems[k].attrs.get("status", "blew-up"))

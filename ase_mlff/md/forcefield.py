@@ -66,14 +66,14 @@ class BatchedNeighbors:
     def __call__(self, state: MDState) -> Neighbors:
         positions = state.positions
         if self.reference is None or self.reference.shape != positions.shape:
-            self._rebuild(state, None)
+            self._rebuild(state, torch.ones(state.n_systems, dtype=torch.bool, device=state.device))
         else:
             moved = (positions - self.reference).square().sum(1)
             per_system = torch.zeros(state.n_systems, dtype=moved.dtype, device=moved.device)
             per_system.scatter_reduce_(0, state.system, moved, "amax", include_self=False)
-            stale = per_system > (0.5 * self.skin) ** 2
+            stale = ~(per_system <= (0.5 * self.skin) ** 2)  # NaN (a blown-up system) counts as moved
             if self.skin == 0 or bool(stale.any()):  # the one host sync of a step
-                self._rebuild(state, stale)
+                self._rebuild(state, stale if self.skin > 0 else torch.ones_like(stale))
         n = Neighbors(self.edge_index, self.shifts, self.periodic)
         if not self._needs_filter:
             return n
@@ -81,30 +81,44 @@ class BatchedNeighbors:
         inside = vectors.square().sum(1) < self.cutoff ** 2
         return Neighbors(n.edge_index[:, inside], n.shifts[inside], n.periodic)
 
-    def _rebuild(self, state: MDState, stale: torch.Tensor | None) -> None:
+    def _rebuild(self, state: MDState, stale: torch.Tensor) -> None:
+        """New lists for the ``stale`` systems [B]; the others keep theirs.
+
+        A system whose positions are no longer finite (it blew up; the loop
+        stops it at its next check) gets no edges instead of a search that
+        could not succeed.
+        """
         self.rebuilds += 1
-        if stale is None or self.skin == 0 or bool(stale.all()):
-            edge_index, shifts, periodic = self._build(state.batch())
+        not_finite = torch.zeros(state.n_systems, dtype=torch.long, device=state.device).index_add_(
+            0, state.system, (~torch.isfinite(state.positions).all(1)).long()) > 0
+        build = stale & ~not_finite
+        keep = ~stale[state.system[self.edge_index[0]]] if self.reference is not None and \
+            self.edge_index is not None and self.near is not None and len(self.near) == state.n_systems else None
+        parts_index, parts_shift = [], []
+        periodic = False
+        if keep is not None:
+            parts_index.append(self.edge_index[:, keep])
+            parts_shift.append(self.shifts[keep])
+            periodic = self.periodic
+        if bool(build.any()):
+            systems = torch.nonzero(build).squeeze(1)
+            atoms = torch.nonzero(build[state.system]).squeeze(1)  # [n] global atom indices, sorted
+            sub_edges, sub_shifts, sub_periodic = self._build(state.select(systems).batch())
+            parts_index.append(atoms[sub_edges])
+            parts_shift.append(sub_shifts.to(torch.long))
+            periodic = periodic or sub_periodic
+        device = state.device
+        edge_index = torch.cat(parts_index, 1) if parts_index else torch.zeros((2, 0), dtype=torch.long, device=device)
+        shifts = torch.cat(parts_shift) if parts_shift else torch.zeros((0, 3), dtype=torch.long, device=device)
+        if self.reference is None or keep is None:
             self.reference = state.positions.clone()
-            self.near = self._near(state, edge_index, shifts, periodic)
         else:
-            systems = torch.nonzero(stale).squeeze(1)
-            atoms = torch.nonzero(stale[state.system]).squeeze(1)  # [n] global atom indices, sorted
-            sub = state.select(systems).batch()
-            sub_edges, sub_shifts, sub_periodic = self._build(sub)
-            sub_edges = atoms[sub_edges]
-            keep = ~stale[state.system[self.edge_index[0]]]
-            edge_index = torch.cat([self.edge_index[:, keep], sub_edges], 1)
-            shifts = torch.cat([self.shifts[keep], sub_shifts.to(self.shifts.dtype)])
-            periodic = self.periodic or sub_periodic
             self.reference = torch.where(stale[state.system].unsqueeze(1), state.positions, self.reference)
-            near = self._near(state, edge_index, shifts, periodic)
-            self.near = torch.where(stale, near, self.near)
+        near = self._near(state, edge_index, shifts, periodic)
+        self.near = near if keep is None else torch.where(stale, near, self.near)
         order = _canonical(edge_index, shifts, state.positions.shape[0])
         self.edge_index, self.shifts, self.periodic = edge_index[:, order], shifts[order], periodic
         self._needs_filter = self.skin > 0 and bool(self.near.any())
-        if self.skin == 0:
-            self._needs_filter = False
 
     def _build(self, batch: Batch):
         n = self.wide(batch) if self.skin > 0 else NeighborList(self.cutoff, self.wide.backend)(batch)
@@ -127,16 +141,20 @@ class ForceField:
         skin, backend: see :class:`BatchedNeighbors`.
         compile: evaluate the network under ``torch.compile`` (dynamic atom and
             edge counts); falls back to eager with one warning where compilation fails.
+        evaluator: an already compiled model to use (the calculator's).
+        dtype: of the edge vectors the network gets (default: its weights').
     """
 
     def __init__(self, model, skin: float = 1.0, backend: str = "auto", compile: bool = False,
-                 evaluator=None):
+                 evaluator=None, dtype: torch.dtype | None = None):
         self.model = model
         self.neighbors = BatchedNeighbors(model.cutoff, skin, backend)
         self.evaluator = evaluator if evaluator is not None else (compiled(model) if compile else model)
         from ..forces import model_dtype
 
-        self.dtype = model_dtype(model)  # the network's: edge vectors are rounded to it, nothing else
+        # the network's: edge vectors are rounded to it, nothing else (an analytic model has no
+        # weights to say it, so the calculator's dtype decides)
+        self.dtype = dtype or model_dtype(model) or torch.float64
 
     def __call__(self, state: MDState) -> None:
         """Set ``state.energy`` and ``state.forces`` (zero on fixed atoms)."""

@@ -389,6 +389,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
                                  "start a new run instead of --restart")
             group = f["checkpoint"][f["checkpoint"].attrs["slot"]]
             version = format_version(f)
+            _check_layout(f, path, version)
             state = {"step": int(group.attrs["step"]), "positions": group["positions"][:],
                      "momenta": group["momenta"][:], "metadata": _attrs(f), "version": version}
             if version < 2:
@@ -406,6 +407,18 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             state["system_attrs"] = [_attrs(g) if g is not f else {} for g in groups]
             return state
         return _guard(path, read)
+
+
+def _check_layout(f, path, version: int) -> None:
+    """Every dataset a continued run appends to or reads is there (a damaged file fails here, untouched)."""
+    groups = [f] if version < 2 else [f["systems"][str(k)] for k in range(len(f["systems"]))]
+    for g in groups:
+        for name in ("numbers", "masses", "cell", "pbc"):
+            if name not in g:
+                raise KeyError(f"{g.name.rstrip('/')}/{name} is missing")
+        for name in FRAME_FIELDS:
+            if f"frames/{name}" not in g:
+                raise KeyError(f"{g.name.rstrip('/')}/frames/{name} is missing")
 
 
 def read_frames(path: str | os.PathLike, index=slice(None), system: int = 0) -> list[Atoms]:
@@ -453,3 +466,87 @@ def read_frames(path: str | os.PathLike, index=slice(None), system: int = 0) -> 
                                            forces=data["forces"][k])
         images.append(atoms)
     return images
+
+
+def upgrade_version_1(path: str | os.PathLike) -> Path:
+    """Rewrite a version-1 run file as version 2 so that ``--restart`` can continue it.
+
+    The original is kept beside it as ``<name>.v1.h5`` (returned); the new file
+    replaces it atomically. Frames, metadata and the report are carried over;
+    the checkpoint's thermostat state is translated (Bussi's transferred
+    energy, the Nosé-Hoover chain's η and p_η). Version-1 runs drew their
+    thermostat noise from a numpy generator, which the engine replaces by
+    per-system streams: a continued Langevin or Bussi run is statistically
+    the same run, not bit for bit the one the old driver would have made.
+    """
+    import shutil
+
+    import h5py
+
+    from .. import units
+    from .noise import system_seeds
+
+    path = Path(path)
+    backup = path.with_name(path.stem + ".v1" + path.suffix)
+    if backup.exists():
+        raise FileExistsError(f"{backup} exists; move it away to let {path} be upgraded for --restart")
+    tmp = path.with_name(path.name + ".upgrade.tmp")
+    with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
+        meta = _attrs(src)
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        dst.attrs["format_version"] = FORMAT_VERSION
+        dst.attrs["n_systems"] = 1
+        g = dst.create_group("systems").create_group("0")
+        for name in ("numbers", "masses", "cell", "pbc", "frames"):
+            src.copy(src[name], g, name)
+        if "report" in src:
+            src.copy(src["report"], g, "report")
+        frames = g["frames"]
+        total = frames["total_energy"]
+        ds = frames.create_dataset("conserved_energy", data=total[()], maxshape=(None,), chunks=total.chunks)
+        ds.attrs["units"] = "eV"
+        n = int(g["numbers"].shape[0])
+        g.create_dataset("fixed", data=np.zeros(0, dtype=np.int64))
+        T = float(meta.get("temperature_K", 300.0))
+        seed = int(meta.get("seed", 0))
+        attrs = {"label": "system 0", "n_atoms": n, "dof": float(3 * n), "seed": system_seeds(seed, 1)[0],
+                 "status": str(meta.get("status", "running")), "temperature_K": T,
+                 "formula": str(meta.get("formula", "")), "n_frames": int(total.shape[0])}
+        if "max_radius_A" in meta:
+            attrs["max_radius_A"] = float(meta["max_radius_A"])
+        for key, value in attrs.items():
+            g.attrs[key] = value
+        if "checkpoint" in src and "slot" in src["checkpoint"].attrs:
+            old = src["checkpoint"][src["checkpoint"].attrs["slot"]]
+            state = json.loads(old.attrs["thermostat"])
+            kT = units.kB * T
+            thermostat = {"kT": [kT], "work": [float(state.get("transferred_energy", 0.0))],
+                          "max_temperature": [max(10.0 * T, T + 5000.0)],
+                          "max_radius": [float(meta.get("max_radius_A", 1e30))]}
+            ensemble = meta.get("ensemble", "nve")
+            if ensemble == "langevin":
+                thermostat["friction"] = [float(meta.get("friction_per_fs", 0.01)) / units.fs]
+            if ensemble in ("bussi", "nose-hoover"):
+                taut = float(meta.get("taut_fs", 100.0)) * units.fs
+                thermostat["taut"] = [taut]
+            if ensemble == "nose-hoover":
+                q = np.full((1, 3), kT * taut * taut)
+                q[0, 0] *= 3 * n
+                eta = np.asarray(state.get("eta", [0.0] * 3), dtype=np.float64).reshape(1, -1)[:, :3]
+                p_eta = np.asarray(state.get("p_eta", [0.0] * 3), dtype=np.float64).reshape(1, -1)[:, :3]
+                thermostat.update(Q=q, eta=np.pad(eta, ((0, 0), (0, 3 - eta.shape[1]))),
+                                  p_eta=np.pad(p_eta, ((0, 0), (0, 3 - p_eta.shape[1]))))
+            slot = dst.create_group("checkpoint").create_group("a")
+            slot.create_dataset("systems", data=np.array([0], dtype=np.int64))
+            slot.create_dataset("positions", data=old["positions"][()])
+            slot.create_dataset("momenta", data=old["momenta"][()])
+            group = slot.create_group("thermostat")
+            for key, value in thermostat.items():
+                group.create_dataset(key, data=np.asarray(value, dtype=np.float64))
+            slot.attrs["step"] = int(old.attrs["step"])
+            dst["checkpoint"].attrs["slot"] = "a"
+            dst["checkpoint"].attrs["step"] = int(old.attrs["step"])
+    shutil.copy2(path, backup)
+    os.replace(tmp, path)
+    return backup

@@ -12,25 +12,19 @@ from __future__ import annotations
 
 import signal
 import threading
-from dataclasses import dataclass
 
 import torch
 
 from .integrators import Integrator
-from .state import MDState, kinetic_energy, temperature
+from .state import MDState, temperature
 from .writers import Outputs, Progress, snapshot
 
 #: blow-up reasons, by code
-_REASONS = {1: "potential energy is not finite", 2: "forces are not finite", 3: "temperature", 4: "radius"}
-#: steps between the checks that atoms of a molecule flew apart
-RADIUS_CHECK_INTERVAL = 10
-
-
-@dataclass
-class Stopped:
-    """Systems that blew up: system id -> message."""
-
-    messages: dict
+_REASONS = {1: "potential energy is not finite", 2: "forces are not finite", 3: "temperature", 4: "radius",
+            5: "positions are not finite"}
+#: steps between blow-up checks (also made at every step with outputs, so no bad frame is written);
+#: a system that went non-finite in between gets no neighbors and harms no other
+CHECK_INTERVAL = 10
 
 
 class Simulation:
@@ -43,6 +37,7 @@ class Simulation:
         self.status = {k: "running" for k in state.system_id.tolist()}
         self.messages: dict[int, str] = {}
         self.stop_signal: str | None = None
+        self.compile_s: float | None = None  # seconds torch.compile took at the start, if it ran
         n_atoms = int(state.n_atoms.sum())
         self.progress = Progress(settings.steps, state.step, n_atoms) if progress else None
 
@@ -55,10 +50,13 @@ class Simulation:
             0, s.system, (~torch.isfinite(s.forces).all(1)).long())
         hot = ~(temperature(s) <= s.thermostat["max_temperature"])  # NaN too
         codes = torch.where(hot, 3, codes)
-        if s.step % RADIUS_CHECK_INTERVAL == 0 and "max_radius" in s.thermostat:
+        if "max_radius" in s.thermostat:
             codes = torch.where(self._radius() > s.thermostat["max_radius"], 4, codes)
         codes = torch.where(bad_forces > 0, 2, codes)
-        return torch.where(~torch.isfinite(s.energy), 1, codes)
+        codes = torch.where(~torch.isfinite(s.energy), 1, codes)
+        bad_positions = torch.zeros_like(bad_forces).index_add_(
+            0, s.system, (~torch.isfinite(s.positions).all(1)).long())
+        return torch.where(bad_positions > 0, 5, codes)
 
     def _radius(self) -> torch.Tensor:
         """[B] Å, largest distance of an atom from its system's centre of mass (molecules; 0 if periodic)."""
@@ -108,12 +106,16 @@ class Simulation:
                 "momenta": s.momenta.cpu().numpy(),
                 "thermostat": {k: v.cpu().numpy() for k, v in s.thermostat.items() if not k.startswith("noise_")}}
 
+    def _due(self, step: int) -> tuple[bool, bool, bool, bool]:
+        st = self.settings
+        return (step % st.h5_interval == 0, st.traj_interval > 0 and step % st.traj_interval == 0,
+                step % st.log_interval == 0,
+                self.progress is not None and step % max(1, min(10, st.steps // 100 or 1)) == 0)
+
     def observe(self) -> None:
         """Outputs due at the current step."""
-        st, step = self.settings, self.state.step
-        due_h5, due_traj = step % st.h5_interval == 0, st.traj_interval > 0 and step % st.traj_interval == 0
-        due_log = step % st.log_interval == 0
-        due_draw = self.progress is not None and step % max(1, min(10, st.steps // 100 or 1)) == 0
+        step = self.state.step
+        due_h5, due_traj, due_log, due_draw = self._due(step)
         if not (due_h5 or due_traj or due_log or due_draw):
             return
         host = snapshot(self.state)
@@ -135,11 +137,13 @@ class Simulation:
         steps = self.settings.steps
         while self.state.step < steps:
             self.integrator(self.state, self.force_field)
-            codes = self._blowup_codes()
-            if bool(codes.any()):
-                self._stop_systems(codes)
-                if not self.state.n_systems:
-                    break
+            step = self.state.step
+            if step % CHECK_INTERVAL == 0 or step == steps or any(self._due(step)):
+                codes = self._blowup_codes()
+                if bool(codes.any()):
+                    self._stop_systems(codes)
+                    if not self.state.n_systems:
+                        break
             self.observe()
             if self.stop_signal is not None:
                 return "interrupted", (f"stopped by {self.stop_signal} at step {self.state.step}; "
@@ -186,6 +190,3 @@ def with_signals(sim: Simulation, handle_signals: bool) -> dict:
         previous[sig] = signal.signal(sig, handler)
     return previous
 
-
-def initial_energy(state: MDState) -> torch.Tensor:
-    return state.energy + kinetic_energy(state)

@@ -8,8 +8,8 @@ name. Species and metadata come from the model files' records; no model is built
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ase.data import chemical_symbols
 

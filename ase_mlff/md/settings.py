@@ -54,6 +54,6 @@ class MDSettings:
         return asdict(self)
 
     @classmethod
-    def from_metadata(cls, meta: dict) -> "MDSettings":
+    def from_metadata(cls, meta: dict) -> MDSettings:
         """The settings stored in a run file's attributes."""
         return cls(**{f.name: meta[f.name] for f in fields(cls) if f.name in meta})

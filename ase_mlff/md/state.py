@@ -8,8 +8,8 @@ dtype (the network sees float32 edge vectors if it runs in float32; see
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ class MDState:
         first = torch.cumsum(self.n_atoms, 0) - self.n_atoms
         return torch.arange(self.positions.shape[0], device=self.device) - first[self.system]
 
-    def select(self, keep: torch.Tensor) -> "MDState":
+    def select(self, keep: torch.Tensor) -> MDState:
         """The state of the systems ``keep`` ([K] indices into 0..B-1), renumbered 0..K-1."""
         atom_mask = torch.isin(self.system, keep)
         renumber = torch.full((self.n_systems,), -1, dtype=torch.int64, device=self.device)

@@ -13,7 +13,7 @@ here: see :mod:`ase_mlff.forces`, the one place that differentiates.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from ase.data import atomic_numbers, chemical_symbols

@@ -14,7 +14,7 @@ Each pair's energy is split evenly between its two atoms.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .base import Potential
 

@@ -17,7 +17,7 @@ edge vector and W(r_ij) a filter from a sine radial basis times a cosine cutoff.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

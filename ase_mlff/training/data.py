@@ -272,77 +272,23 @@ def _read_npz(path: Path, energy_unit: str, length_unit: str) -> Dataset:
 
 
 def _read_hdf5(path: Path, energy_unit: str, length_unit: str) -> Dataset:
-    """An ``mlff-md run`` file (see ``ase_mlff/md/SCHEMA.md``).
+    """The frames of an ``mlff-md run`` file, read by :mod:`ase_mlff.md.h5` (any format version).
 
-    Version 2 holds one group ``/systems/<k>`` per system; their frames follow
-    each other in system order (frame indices count through system 0, then 1,
-    ...). Version 1 has one system's layout at the root: per-frame datasets under
-    ``/frames`` (or the root), per-system ``numbers``/``atomic_numbers``, ``cell``
-    and ``pbc`` (per-frame versions are accepted too).
+    Every system of a many-system run contributes its frames, in system order
+    (frame indices count through system 0, then 1, ...).
     """
-    import h5py
+    from ..md.h5 import n_systems, read_frames
 
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as error:
-        raise ValueError(f"{path} is not a readable HDF5 file: {error}") from None
-    with h5:
-        systems = h5.get("systems")
-        if isinstance(systems, h5py.Group):
-            groups = [systems[k] for k in sorted(systems, key=lambda k: int(k) if k.isdigit() else -1)]
-            if not groups:
-                raise ValueError(f"{path} has no systems in /systems; it holds no frames to train on")
-        else:
-            groups = [h5]
-        parts = [_read_h5_system(group, path) for group in groups]
-    atoms = [a for part in parts for a in part[0]]
-    energy = np.concatenate([part[1] for part in parts])
-    have_forces = [part[2] is not None for part in parts]
-    if any(have_forces) and not all(have_forces):
-        raise ValueError(f"{path}: some systems store forces and others do not; train on one kind")
-    forces = [f for part in parts for f in part[2]] if all(have_forces) else None
+    atoms = [a for k in range(n_systems(path)) for a in read_frames(path, slice(None), system=k)]
+    if not atoms:
+        raise ValueError(f"{path} holds no frames to train on")
+    energy = np.array([a.get_potential_energy() for a in atoms], dtype=np.float64)
+    forces = [a.get_forces(apply_constraint=False) for a in atoms]
+    for a in atoms:  # the training set is geometry and labels only
+        a.calc = None
+        a.set_constraint()
+        del a.arrays["momenta"]
     return _converted(atoms, energy, forces, [{} for _ in atoms], str(path), energy_unit, length_unit)
-
-
-def _read_h5_system(group, path: Path) -> tuple[list[Atoms], np.ndarray, list[np.ndarray] | None]:
-    """(structures, energies [T] eV, forces per frame or None) of one system's group."""
-    import h5py
-
-    def first(*candidates):
-        for where, name in candidates:
-            if name in where and isinstance(where[name], h5py.Dataset):
-                return where[name][()]
-        return None
-
-    frames = group["frames"] if isinstance(group.get("frames"), h5py.Group) else group
-    positions = first((frames, "positions"))
-    energy = first((frames, "potential_energy"), (frames, "energy"))
-    numbers = first((group, "numbers"), (group, "atomic_numbers"), (frames, "numbers"),
-                    (frames, "atomic_numbers"))
-    forces = first((frames, "forces"))
-    cell = first((group, "cell"), (frames, "cell"))
-    pbc = first((group, "pbc"), (frames, "pbc"))
-    if positions is None or energy is None or numbers is None:
-        raise ValueError(
-            f"{path}{'' if group.name == '/' else ' ' + group.name} lacks positions, potential_energy "
-            "or atomic numbers; expected an mlff-md trajectory (frames/positions, "
-            "frames/potential_energy, frames/forces, numbers, cell, pbc)"
-        )
-    positions = np.asarray(positions, dtype=np.float64)  # [T, N, 3]
-    energy = np.asarray(energy, dtype=np.float64).reshape(-1)
-    numbers = np.asarray(numbers).astype(np.int64)
-    n_frames = len(energy)
-    if positions.ndim != 3 or positions.shape[0] != n_frames:
-        raise ValueError(f"{path}: positions {positions.shape} do not match {n_frames} energies")
-    atoms = []
-    for k in range(n_frames):
-        z = numbers if numbers.ndim == 1 else numbers[k]
-        c = None if cell is None else (np.asarray(cell) if np.ndim(cell) == 2 else np.asarray(cell)[k])
-        p = (c is not None and bool(np.abs(c).sum() > 0)) if pbc is None else (
-            np.asarray(pbc).astype(bool) if np.ndim(pbc) == 1 else np.asarray(pbc)[k].astype(bool))
-        atoms.append(Atoms(numbers=z, positions=positions[k], cell=c, pbc=p))
-    force_list = None if forces is None else [np.asarray(forces[k], dtype=np.float64) for k in range(n_frames)]
-    return atoms, energy, force_list
 
 
 def _frames(indices: list[int]) -> str:
