@@ -28,8 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (ethanol, fmt_ms, fmt_ratio, machine, optional, round_robin, table,  # noqa: E402
-                     water_box, without_cell)
+from _common import ethanol, fmt_ms, fmt_ratio, machine, optional, round_robin, table, water_box, without_cell  # noqa: E402
 
 from ase_mlff.batch import atoms_to_batch  # noqa: E402
 from ase_mlff.neighbors import NeighborList, has_torch_cluster  # noqa: E402

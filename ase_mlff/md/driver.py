@@ -128,11 +128,12 @@ def _targets(value, n: int, name: str) -> torch.Tensor:
     return torch.from_numpy(values.copy())
 
 
-def _limits(state: MDState, temperature_K: torch.Tensor, cutoff: float, stored=None) -> None:
+def _limits(state: MDState, temperature_K: torch.Tensor, cutoff: float) -> None:
     """Blow-up limits per system: far beyond any target temperature; for molecules, atoms that left
     the initial extent by more than a few cutoffs have flown off."""
     th = state.thermostat
     th["max_temperature"] = torch.maximum(10.0 * temperature_K, temperature_K + 5000.0).to(state.device)
+    th["first_nonfinite_step"] = torch.full((state.n_systems,), -1, dtype=torch.long, device=state.device)
     m = state.masses.unsqueeze(1)
     mass = torch.zeros(state.n_systems, dtype=m.dtype, device=state.device).index_add_(0, state.system, state.masses)
     com = torch.zeros_like(state.cell[:, 0]).index_add_(0, state.system, m * state.positions) / mass.unsqueeze(1)
@@ -443,6 +444,8 @@ def restart_md(h5_path: str | os.PathLike, calculator, *, steps: int | None = No
         state.system_id = torch.tensor(active, device=calc.device)
         state.thermostat = {k: torch.from_numpy(np.asarray(v)).to(calc.device)
                             for k, v in state_dict["thermostat"].items()}
+        state.thermostat.setdefault("first_nonfinite_step", torch.full((len(active),), -1, dtype=torch.long,
+                                                                        device=calc.device))
         state.step = start
         force_field = _force_field(calc, compile, int(state.positions.shape[0]))
         compiles_now = not getattr(force_field.evaluator, "ready", True)

@@ -53,10 +53,10 @@ class Simulation:
         if "max_radius" in s.thermostat:
             codes = torch.where(self._radius() > s.thermostat["max_radius"], 4, codes)
         codes = torch.where(bad_forces > 0, 2, codes)
-        codes = torch.where(~torch.isfinite(s.energy), 1, codes)
         bad_positions = torch.zeros_like(bad_forces).index_add_(
             0, s.system, (~torch.isfinite(s.positions).all(1)).long())
-        return torch.where(bad_positions > 0, 5, codes)
+        codes = torch.where(bad_positions > 0, 5, codes)
+        return torch.where(s.thermostat["first_nonfinite_step"] >= 0, 1, codes)
 
     def _radius(self) -> torch.Tensor:
         """[B] Å, largest distance of an atom from its system's centre of mass (molecules; 0 if periodic)."""
@@ -85,9 +85,13 @@ class Simulation:
                           f"(limit {limit:.3g} Å)")
             else:
                 reason = _REASONS[code]
+            step = s.step
+            if code == 1:
+                step = int(s.thermostat["first_nonfinite_step"][b])
+                reason += f" (found at the check of step {s.step})" if step != s.step else ""
             last = self.outputs.last_recorded.get(k)
             where = f"{self.labels[k]}: " if len(self.status) > 1 else ""
-            self.messages[k] = (f"{where}simulation blew up at step {s.step}: {reason}; kept the frames up "
+            self.messages[k] = (f"{where}simulation blew up at step {step}: {reason}; kept the frames up "
                                 f"to step {last}")
             self.status[k] = "blew-up"
             self.outputs.h5.set_system_attrs(k, status="blew-up", message=self.messages[k],
@@ -138,6 +142,11 @@ class Simulation:
         while self.state.step < steps:
             self.integrator(self.state, self.force_field)
             step = self.state.step
+            # the step the energy first went non-finite, kept on the device (3 small ops) so that
+            # checks every CHECK_INTERVAL steps still name it
+            first = self.state.thermostat["first_nonfinite_step"]
+            self.state.thermostat["first_nonfinite_step"] = torch.where(
+                (first < 0) & ~torch.isfinite(self.state.energy), step, first)
             if step % CHECK_INTERVAL == 0 or step == steps or any(self._due(step)):
                 codes = self._blowup_codes()
                 if bool(codes.any()):
