@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from .driver import ENSEMBLES, EXIT_BLOWUP, VELOCITY_MODES
-from .report import DEFAULT_MAX_DRIFT
+from .settings import DEFAULTS
 
 
 def _sha256(path: Path) -> str:
@@ -99,15 +99,15 @@ def read_structure(spec: str):
 
 
 def _calculator(model: str | None, numbers, device: str, dtype: str, threads: int | None,
-                compile: bool = False):
-    """(calculator, model path, name shown to the user)."""
+                compile: bool = False, compositions=None):
+    """(calculator, model path, name shown to the user); ``compositions``: one per structure."""
     from ..bundled import resolve_model_path
     from ..calculator import MLFFCalculator
     from .selection import choose_potential
 
     try:
         if model is None:
-            name, path = choose_potential(numbers)
+            name, path = choose_potential(numbers, compositions)
             label = f"bundled potential {name} ({path})"
         else:
             path = resolve_model_path(model)
@@ -175,21 +175,21 @@ def _summary_table(result) -> str:
 @click.argument("structures", nargs=-1)
 @click.option("-m", "--model", help="Model file or bundled potential name [default: a bundled "
               "potential covering the structures' elements].")
-@click.option("--ensemble", type=click.Choice(ENSEMBLES), default="nve", show_default=True)
-@click.option("--timestep-fs", type=float, default=0.5, show_default=True, help="Timestep in fs.")
-@click.option("--temperature", "temperature_K", type=float, default=300.0, show_default=True,
+@click.option("--ensemble", type=click.Choice(ENSEMBLES), default=DEFAULTS.ensemble, show_default=True)
+@click.option("--timestep-fs", type=float, default=DEFAULTS.timestep_fs, show_default=True, help="Timestep in fs.")
+@click.option("--temperature", "temperature_K", type=float, default=DEFAULTS.temperature_K, show_default=True,
               help="Initial (Maxwell-Boltzmann) and thermostat temperature in K.")
-@click.option("--friction", "friction_per_fs", type=float, default=0.01, show_default=True,
+@click.option("--friction", "friction_per_fs", type=float, default=DEFAULTS.friction_per_fs, show_default=True,
               help="Langevin friction in 1/fs.")
-@click.option("--taut-fs", type=float, default=100.0, show_default=True,
+@click.option("--taut-fs", type=float, default=DEFAULTS.taut_fs, show_default=True,
               help="Bussi / Nosé-Hoover time constant in fs.")
-@click.option("--steps", type=int, default=None, help="Total number of steps [default: 1000; "
+@click.option("--steps", type=int, default=None, help=f"Total number of steps [default: {DEFAULTS.steps}; "
               "with --restart, the original run's total].")
 @click.option("--replicas", type=int, default=1, show_default=True,
               help="Copies of each structure, with independent velocities and thermostat noise.")
 @click.option("--seed", type=int, default=None, help="Random seed (velocities and thermostat); "
               "the same seed repeats a run bit for bit on the same machine [default: drawn, stored].")
-@click.option("--velocities", type=click.Choice(VELOCITY_MODES), default="maxwell-boltzmann",
+@click.option("--velocities", type=click.Choice(VELOCITY_MODES), default=DEFAULTS.velocities,
               show_default=True, help="Initial velocities: sampled at --temperature, or those in "
               "the structure file.")
 @click.option("-o", "--output", default="simulation", show_default=True,
@@ -197,13 +197,15 @@ def _summary_table(result) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @click.option("--restart", type=click.Path(dir_okay=False), default=None,
               help="Continue the run stored in this HDF5 file (its settings are reused).")
-@click.option("--traj-interval", type=int, default=10, show_default=True,
+@click.option("--traj-interval", type=int, default=DEFAULTS.traj_interval, show_default=True,
               help="Steps between .traj frames (0: none).")
-@click.option("--h5-interval", type=int, default=10, show_default=True, help="Steps between HDF5 frames.")
-@click.option("--log-interval", type=int, default=100, show_default=True, help="Steps between log lines.")
-@click.option("--flush-every", type=int, default=100, show_default=True,
+@click.option("--h5-interval", type=int, default=DEFAULTS.h5_interval, show_default=True,
+              help="Steps between HDF5 frames.")
+@click.option("--log-interval", type=int, default=DEFAULTS.log_interval, show_default=True,
+              help="Steps between log lines.")
+@click.option("--flush-every", type=int, default=DEFAULTS.flush_every, show_default=True,
               help="HDF5 frames between flushes to disk (also flushed every 30 s).")
-@click.option("--max-drift", type=float, default=DEFAULT_MAX_DRIFT, show_default=True,
+@click.option("--max-drift", type=float, default=DEFAULTS.max_drift_meV_per_atom_per_ps, show_default=True,
               help="NVE energy drift threshold in meV/atom/ps for PASS/FAIL.")
 @click.option("--compile", "compile_model", is_flag=True,
               help="Evaluate the model with torch.compile (a few seconds to compile, faster steps).")
@@ -223,6 +225,7 @@ def run(ctx, structures, model, ensemble, timestep_fs, temperature_K, friction_p
     mlff-md run a.xyz b.cif frames.extxyz@: -m model.pt
     mlff-md run --restart simulation.h5 --steps 20000
     """
+    from ..compositions import OutOfTrainingWarning, composition
     from .driver import run_md
     from .validate import MDWarning, check_structure
 
@@ -247,7 +250,8 @@ def run(ctx, structures, model, ensemble, timestep_fs, temperature_K, friction_p
         labels = [label for label, _ in systems]
         atoms_list = [atoms for _, atoms in systems]
         numbers = sorted({int(z) for a in atoms_list for z in a.numbers})
-        calculator, model_path, label = _calculator(model, numbers, device, dtype, threads, compile_model)
+        calculator, model_path, label = _calculator(model, numbers, device, dtype, threads, compile_model,
+                                                    [composition(a) for a in atoms_list])
         if model is None:
             click.echo(f"using {label}")
         try:
@@ -255,20 +259,24 @@ def run(ctx, structures, model, ensemble, timestep_fs, temperature_K, friction_p
             for name, atoms in systems:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", MDWarning)
+                    warnings.simplefilter("always", OutOfTrainingWarning)
                     try:
                         check_structure(atoms, timestep_fs)
                     except ValueError as error:
                         raise ValueError(f"{name}: {error}" if len(systems) > 1 else str(error)) from None
+                    calculator.warn_outside_training(atoms)  # once per composition
                 for w in caught:
-                    if issubclass(w.category, MDWarning) and str(w.message) not in shown:
+                    if issubclass(w.category, (MDWarning, OutOfTrainingWarning)) and str(w.message) not in shown:
                         shown.add(str(w.message))
-                        click.echo(f"Warning: {w.message}", err=True)
+                        where = f"{name}: " if len(systems) > 1 and w.category is OutOfTrainingWarning else ""
+                        click.echo(f"Warning: {where}{w.message}", err=True)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", MDWarning)  # already shown
+                warnings.simplefilter("ignore", OutOfTrainingWarning)
                 result = run_md(
                     atoms_list, calculator, ensemble=ensemble, timestep_fs=timestep_fs,
                     temperature_K=temperature_K, friction_per_fs=friction_per_fs, taut_fs=taut_fs,
-                    steps=1000 if steps is None else steps, seed=seed, velocities=velocities,
+                    steps=DEFAULTS.steps if steps is None else steps, seed=seed, velocities=velocities,
                     replicas=replicas, labels=labels if len(labels) > 1 or replicas > 1 else None,
                     output=output, overwrite=overwrite, traj_interval=traj_interval,
                     h5_interval=h5_interval, log_interval=log_interval, flush_every=flush_every,

@@ -34,7 +34,7 @@ from .lock import OutputLock
 from .loop import Simulation, with_signals
 from .noise import system_seeds
 from .report import energy_conservation, temperature_statistics
-from .settings import ENSEMBLES, VELOCITY_MODES, MDSettings
+from .settings import DEFAULTS, ENSEMBLES, VELOCITY_MODES, MDSettings
 from .state import MDState, fixed_atoms, state_from_atoms
 from .validate import check_structure
 from .velocities import maxwell_boltzmann
@@ -188,12 +188,14 @@ def _claim_outputs(paths: dict, overwrite: bool) -> OutputLock:
     return lock
 
 
-def run_md(structures: Atoms | Sequence[Atoms], calculator=None, *, ensemble: str = "nve",
-           timestep_fs: float = 0.5, temperature_K=300.0, friction_per_fs=0.01, taut_fs=100.0,
-           steps: int = 1000, seed: int | None = None, velocities: str = "maxwell-boltzmann",
-           replicas: int = 1, labels: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-           output: str | os.PathLike = "simulation", overwrite: bool = False, traj_interval: int = 10,
-           h5_interval: int = 10, log_interval: int = 100, flush_every: int = 100,
+def run_md(structures: Atoms | Sequence[Atoms], calculator=None, *, ensemble: str = DEFAULTS.ensemble,
+           timestep_fs: float = DEFAULTS.timestep_fs, temperature_K=DEFAULTS.temperature_K,
+           friction_per_fs=DEFAULTS.friction_per_fs, taut_fs=DEFAULTS.taut_fs, steps: int = DEFAULTS.steps,
+           seed: int | None = None, velocities: str = DEFAULTS.velocities, replicas: int = 1,
+           labels: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+           output: str | os.PathLike = "simulation", overwrite: bool = False,
+           traj_interval: int = DEFAULTS.traj_interval, h5_interval: int = DEFAULTS.h5_interval,
+           log_interval: int = DEFAULTS.log_interval, flush_every: int = DEFAULTS.flush_every,
            max_drift: float | None = None, compile: bool | None = None, metadata: dict | None = None,
            progress: bool = False, handle_signals: bool = False) -> MDResult:
     """Run MD for one or many structures together and write their outputs.
@@ -251,6 +253,7 @@ def run_md(structures: Atoms | Sequence[Atoms], calculator=None, *, ensemble: st
         try:
             check_structure(atoms, settings.timestep_fs)
             model.check_numbers(sorted(set(atoms.numbers.tolist())))
+            calc.warn_outside_training(atoms)  # OutOfTrainingWarning, once per composition
             fixed_atoms(atoms, "")
         except ValueError as error:
             raise ValueError(f"{prefix}{error}") from None

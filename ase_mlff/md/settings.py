@@ -57,3 +57,7 @@ class MDSettings:
     def from_metadata(cls, meta: dict) -> MDSettings:
         """The settings stored in a run file's attributes."""
         return cls(**{f.name: meta[f.name] for f in fields(cls) if f.name in meta})
+
+
+#: the defaults, written once: the Python API and the command line take theirs from here
+DEFAULTS = MDSettings()
