@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +21,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from .batch import Batch, atoms_to_batch, check_positions, dtype_name, resolve_device, resolve_dtype
 from .compiled import compiled, evaluate
+from .compositions import OutOfTrainingWarning, composition, out_of_training_message, training_compositions
 from .forces import compute
 from .io import load_model
 from .models import Potential
@@ -86,6 +89,11 @@ class MLFFCalculator(Calculator):
                                neighbor_backend=neighbor_backend, skin=float(skin), compile=self.compile)
         self._batch: Batch | None = None
         self._state: Atoms | None = None  # private copy of the last atoms computed
+        # out-of-training warnings: None when the model does not record its training compositions
+        self._trained_on = training_compositions(getattr(self.model, "metadata", None))
+        self._model_label = Path(getattr(self.model, "source", None) or name).stem
+        self._warned: set[str] = set()
+        self._checked_numbers: np.ndarray | None = None
 
     # -- ASE contract ------------------------------------------------------------
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
@@ -192,8 +200,31 @@ class MLFFCalculator(Calculator):
             results.append(r)
         return results
 
+    def warn_outside_training(self, atoms: Atoms) -> None:
+        """Warn (:class:`~ase_mlff.compositions.OutOfTrainingWarning`) if ``atoms``' composition
+        was never in the model's training data: once per composition and calculator.
+
+        Models that do not record their training compositions never warn. The
+        calculator calls this itself whenever the atomic numbers change, so
+        MD steps (where only positions change) never pay for it.
+        """
+        if self._trained_on is None:
+            return
+        numbers = atoms.numbers
+        last = self._checked_numbers
+        if last is not None and last.shape == numbers.shape and np.array_equal(last, numbers):
+            return
+        self._checked_numbers = numbers.copy()
+        found = composition(atoms)
+        if found not in self._trained_on and found not in self._warned:
+            self._warned.add(found)
+            warnings.warn(out_of_training_message(self._model_label, self._trained_on, found),
+                          OutOfTrainingWarning, stacklevel=2)
+
     # -- internals ---------------------------------------------------------------
     def _make_batch(self, structures: Atoms | Sequence[Atoms]) -> Batch:
+        for atoms in [structures] if isinstance(structures, Atoms) else structures:
+            self.warn_outside_training(atoms)
         # float64 whatever self.dtype: see ase_mlff.batch (compute rounds the edge vectors only)
         batch = atoms_to_batch(structures, dtype=torch.float64, device=self.device)
         self.model.check_numbers(torch.unique(batch.numbers).tolist())

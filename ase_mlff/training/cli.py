@@ -347,6 +347,7 @@ def evaluate(model, data, energy_unit, length_unit, subset, split_file, plot, js
 def info(model, as_json):
     """What is inside a model file (or bundled potential): architecture, species, training, metrics."""
     from ..bundled import resolve_model_path
+    from ..compositions import TRAINING_DATA_KEY
     from ..io import read_model_record
     from .evaluate import format_table
 
@@ -380,7 +381,7 @@ def info(model, as_json):
         + f"; scale {reference.get('scale', 1.0):.6g} eV, shift {reference.get('shift', 0.0):.6g} eV",
     ]
     for key, value in meta.items():
-        if key not in ("training", "metrics"):
+        if key not in ("training", "metrics", TRAINING_DATA_KEY):
             lines.append(f"{key!s:<17} {value}")
     training = meta.get("training")
     if isinstance(training, dict) and training:
@@ -390,6 +391,7 @@ def info(model, as_json):
             lines.append(f"training          {json.dumps(training, default=str)}")
     elif training is not None:
         lines.append(f"training          {json.dumps(training, default=str)}")
+    lines.append(f"trained on        {_trained_on(meta)}")
     tables = []
     metrics = meta.get("metrics", {})
     for name, values in (metrics.items() if isinstance(metrics, dict) else []):
@@ -401,7 +403,22 @@ def info(model, as_json):
         tables.append(f"metrics           {json.dumps(metrics, default=str)}")
     # metadata is free text from whoever wrote the file: escape what a terminal would
     # obey (colours, cursor moves, carriage returns) instead of printing it
-    click.echo("\n".join(_printable(line) for line in lines + tables))
+    click.echo("\n".join(_printable(line) for line in lines + [row for t in tables for row in t.split("\n")]))
+
+
+def _trained_on(meta: dict) -> str:
+    """'C2H6O (1000 frames; elements C, H, O)', or why there are no out-of-training warnings."""
+    from ..compositions import TRAINING_DATA_KEY, training_compositions
+
+    compositions = training_compositions(meta)
+    if compositions is None:
+        return "not recorded (imported or older model): no out-of-training warnings"
+    record = meta[TRAINING_DATA_KEY]
+    elements = record.get("elements")
+    details = [f"{record['n_frames']} frames" if isinstance(record.get("n_frames"), int) else None,
+               f"elements {', '.join(map(str, elements))}" if isinstance(elements, list) else None]
+    shown = "; ".join(d for d in details if d)
+    return ", ".join(compositions) + (f" ({shown})" if shown else "")
 
 
 def _training_lines(training: dict) -> list[str]:

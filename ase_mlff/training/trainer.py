@@ -37,6 +37,7 @@ import torch
 
 from .._version import __version__
 from ..batch import resolve_device, resolve_dtype
+from ..compositions import TRAINING_DATA_KEY, training_data_record
 from ..files import atomic_write
 from ..forces import compute
 from ..io import save_model
@@ -164,6 +165,7 @@ class Trainer:
         self.train_data = data.subset(split.train)
         self.val_data = data.subset(split.val) if split.val else None
         self.test_data = data.subset(split.test) if split.test else None
+        self.training_data = training_data_record(self.train_data.atoms)  # compositions, elements
 
         species = config.species or self.train_data.species
         check_dataset(self.train_data, species, "training set")
@@ -340,6 +342,8 @@ class Trainer:
                 "forces_trained": self.use_forces,
             },
             "metrics": metrics,
+            # what the model may be trusted on: calculators warn outside these compositions
+            TRAINING_DATA_KEY: self.training_data,
         }
         # a JSON round trip leaves plain Python types only (model files load with weights_only)
         return json.loads(json.dumps(metadata))
