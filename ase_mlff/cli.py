@@ -31,5 +31,9 @@ from .training.cli import evaluate, info, train  # noqa: E402
 for _command in (train, evaluate, info):
     main.add_command(_command)
 
+from .spk.cli import import_model  # noqa: E402
+
+main.add_command(import_model)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

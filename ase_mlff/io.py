@@ -168,6 +168,10 @@ def read_model_record(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"model file {path} does not exist")
     if path.is_dir():
         raise ValueError(f"{path} is a directory, not a model file")
+    from .spk import is_schnetpack_file, schnetpack_record
+
+    if is_schnetpack_file(path):  # a pickled SchNetPack model: read without running it, converted
+        return schnetpack_record(path)
     record = load_plain(path, "an ase-mlff model file", MAKE_MODEL)
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ValueError(

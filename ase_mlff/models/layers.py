@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -28,12 +29,18 @@ class ShiftedSoftplus(nn.Module):
 
 
 class GaussianRBF(nn.Module):
-    """exp(-γ(r - μ_k)²), μ_k evenly spaced on [0, r_c], γ = 1/(2Δμ²) (SchNet)."""
+    """exp(-γ(r - μ_k)²), μ_k evenly spaced on [0, r_c], γ = 1/(2w²) (SchNet).
 
-    def __init__(self, n_rbf: int, cutoff: float):
+    Args:
+        width: w in Å; None: the spacing Δμ of the centers. (Imported models
+            set it, and their centers arrive with the weights.)
+    """
+
+    def __init__(self, n_rbf: int, cutoff: float, width: float | None = None):
         super().__init__()
         centers = torch.linspace(0.0, cutoff, n_rbf, dtype=torch.float64)
-        width = float(centers[1] - centers[0]) if n_rbf > 1 else cutoff
+        if width is None:
+            width = float(centers[1] - centers[0]) if n_rbf > 1 else cutoff
         self.register_buffer("centers", centers)
         self.coefficient = -0.5 / width**2
 
@@ -55,6 +62,35 @@ class BesselRBF(nn.Module):
         return torch.sin(self.frequencies * d) / d.clamp_min(1e-9)
 
 
-def mlp(n_in: int, n_hidden: int, n_out: int, activation: type[nn.Module]) -> nn.Sequential:
-    """Two dense layers with one activation between them."""
-    return nn.Sequential(nn.Linear(n_in, n_hidden), activation(), nn.Linear(n_hidden, n_out))
+#: activation name (as stored in model files) -> module class
+ACTIVATIONS = {"ssp": ShiftedSoftplus, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+#: radial basis name (as stored in model files) -> module class
+RADIAL_BASES = {"gaussian": GaussianRBF, "bessel": BesselRBF}
+
+
+def get_activation(name: str) -> type[nn.Module]:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; valid activations: {sorted(ACTIVATIONS)}") from None
+
+
+def radial_basis(name: str, n_rbf: int, cutoff: float, width: float | None = None) -> nn.Module:
+    """The radial basis ``name`` ("gaussian" or "bessel"); ``width`` applies to Gaussians only."""
+    if name not in RADIAL_BASES:
+        raise ValueError(f"unknown radial basis {name!r}; valid radial bases: {sorted(RADIAL_BASES)}")
+    if name == "gaussian":
+        return GaussianRBF(n_rbf, cutoff, width)
+    if width is not None:
+        raise ValueError(f"rbf_width applies to the Gaussian radial basis only, not {name!r}")
+    return BesselRBF(n_rbf, cutoff)
+
+
+def mlp(n_in: int, n_hidden: int | Sequence[int], n_out: int, activation: type[nn.Module]) -> nn.Sequential:
+    """Dense layers n_in -> n_hidden... -> n_out with ``activation`` between them (none after the last)."""
+    sizes = [n_in, *(n_hidden if isinstance(n_hidden, Sequence) else [n_hidden]), n_out]
+    layers: list[nn.Module] = []
+    for n_a, n_b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(n_a, n_b), activation()]
+    return nn.Sequential(*layers[:-1])

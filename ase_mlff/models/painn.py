@@ -13,6 +13,9 @@ edge vector and W(r_ij) a filter from a sine radial basis times a cosine cutoff.
 | Δv_i = a_vv ⊙ U v_i                                     (9)       |                           |
 | Δs_i = a_sv ⊙ ⟨U v_i, V v_i⟩ + a_ss                     (10)      |                           |
 | y_i = Dense(silu(Dense(s_i)))                                     | ``readout``               |
+
+silu may be replaced by another ``activation``, the sine basis by Gaussians;
+these options cover the variants SchNetPack 2 trains (see :mod:`ase_mlff.spk`).
 """
 
 from __future__ import annotations
@@ -23,15 +26,15 @@ import torch
 from torch import nn
 
 from .base import Potential
-from .layers import BesselRBF, cosine_cutoff, mlp
+from .layers import cosine_cutoff, get_activation, mlp, radial_basis
 
 
 class _Block(nn.Module):
-    def __init__(self, n_features: int):
+    def __init__(self, n_features: int, activation: type[nn.Module]):
         super().__init__()
-        self.context = mlp(n_features, n_features, 3 * n_features, nn.SiLU)
+        self.context = mlp(n_features, n_features, 3 * n_features, activation)
         self.mix = nn.Linear(n_features, 2 * n_features, bias=False)
-        self.gates = mlp(2 * n_features, n_features, 3 * n_features, nn.SiLU)
+        self.gates = mlp(2 * n_features, n_features, 3 * n_features, activation)
 
 
 class PaiNN(Potential):
@@ -42,24 +45,44 @@ class PaiNN(Potential):
         cutoff: Å.
         n_features: width of scalar and vector features.
         n_interactions: number of message + update blocks.
-        n_rbf: number of sine radial functions.
+        n_rbf: number of radial functions.
+        activation: in context and gate networks, a name in ``layers.ACTIVATIONS``.
+        rbf: radial basis, "bessel" (sines) or "gaussian" (on [0, cutoff]).
+        rbf_width: Å, width of the Gaussians; None: their spacing.
+        readout_hidden: hidden widths of the readout; None: [n_features // 2].
+        readout_activation: between the readout's layers.
+        epsilon: added to ‖V v_i‖² so that its gradient stays finite at 0.
     """
 
     architecture = "painn"
+    #: options added after the first five, with the defaults that give the original network
+    _OPTIONS = dict(activation="silu", rbf="bessel", rbf_width=None, readout_hidden=None,
+                    readout_activation="silu", epsilon=1e-8)
 
     def __init__(self, species: Sequence[str | int], cutoff: float = 5.0, n_features: int = 128,
-                 n_interactions: int = 3, n_rbf: int = 20):
+                 n_interactions: int = 3, n_rbf: int = 20, activation: str = "silu",
+                 rbf: str = "bessel", rbf_width: float | None = None,
+                 readout_hidden: Sequence[int] | None = None, readout_activation: str = "silu",
+                 epsilon: float = 1e-8):
         super().__init__(species, cutoff)
         self.n_features, self.n_interactions, self.n_rbf = n_features, n_interactions, n_rbf
+        self.activation, self.rbf_name, self.rbf_width = activation, rbf, rbf_width
+        self.readout_activation, self.epsilon = readout_activation, float(epsilon)
+        self.readout_hidden = None if readout_hidden is None else [int(n) for n in readout_hidden]
         self.embedding = nn.Embedding(len(self.species), n_features)
-        self.rbf = BesselRBF(n_rbf, cutoff)
+        self.rbf = radial_basis(rbf, n_rbf, cutoff, rbf_width)
         self.filters = nn.Linear(n_rbf, n_interactions * 3 * n_features)
-        self.blocks = nn.ModuleList(_Block(n_features) for _ in range(n_interactions))
-        self.readout = mlp(n_features, n_features // 2, 1, nn.SiLU)
+        self.blocks = nn.ModuleList(_Block(n_features, get_activation(activation)) for _ in range(n_interactions))
+        hidden = [n_features // 2] if readout_hidden is None else self.readout_hidden
+        self.readout = mlp(n_features, hidden, 1, get_activation(readout_activation))
 
     def hyperparameters(self) -> dict:
+        options = dict(activation=self.activation, rbf=self.rbf_name, rbf_width=self.rbf_width,
+                       readout_hidden=self.readout_hidden, readout_activation=self.readout_activation,
+                       epsilon=self.epsilon)
         return dict(species=self.species, cutoff=self.cutoff, n_features=self.n_features,
-                    n_interactions=self.n_interactions, n_rbf=self.n_rbf)
+                    n_interactions=self.n_interactions, n_rbf=self.n_rbf,
+                    **{k: v for k, v in options.items() if v != self._OPTIONS[k]})
 
     def atomic_outputs(self, species, edge_index, edge_vectors):
         i, j = edge_index
@@ -80,7 +103,7 @@ class PaiNN(Potential):
             v = v + torch.zeros_like(v).index_add_(0, i, dv)
             # update: couple scalars and vectors within each atom
             u_v, v_v = torch.split(block.mix(v), F, dim=2)  # [N, 3, F] each
-            v_norm = torch.sqrt(v_v.square().sum(1) + 1e-8)  # eps keeps the gradient finite at 0
+            v_norm = torch.sqrt(v_v.square().sum(1) + self.epsilon)  # eps keeps the gradient finite at 0
             a_vv, a_sv, a_ss = torch.split(block.gates(torch.cat([s, v_norm], dim=1)), F, dim=1)
             v = v + a_vv.unsqueeze(1) * u_v
             s = s + a_sv * (u_v * v_v).sum(1) + a_ss

@@ -8,6 +8,9 @@
 | m_i = Σ_j (Dense_in(x_j) ⊙ W^t(r_ij))                 | ``index_add_`` over edges            |
 | x_i ← x_i + Dense(ssp(Dense(m_i)))                    | ``block.update``                     |
 | y_i = Dense(ssp(Dense(x_i)))                          | ``self.readout``                     |
+
+ssp may be replaced by another ``activation``; the options beyond the first
+five cover the variants SchNetPack 2 trains (see :mod:`ase_mlff.spk`).
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ import torch
 from torch import nn
 
 from .base import Potential
-from .layers import GaussianRBF, ShiftedSoftplus, cosine_cutoff, mlp
+from .layers import cosine_cutoff, get_activation, mlp, radial_basis
 
 
 class _Interaction(nn.Module):
-    def __init__(self, n_features: int):
+    def __init__(self, n_features: int, n_filters: int, activation: type[nn.Module]):
         super().__init__()
-        self.to_messages = nn.Linear(n_features, n_features, bias=False)
-        self.update = mlp(n_features, n_features, n_features, ShiftedSoftplus)
+        self.to_messages = nn.Linear(n_features, n_filters, bias=False)
+        self.update = mlp(n_filters, n_features, n_features, activation)
 
 
 class SchNet(Potential):
@@ -36,26 +39,48 @@ class SchNet(Potential):
         cutoff: Å.
         n_features: width of atom features and filters.
         n_interactions: number of interaction blocks.
-        n_rbf: number of Gaussians on [0, cutoff].
+        n_rbf: number of radial functions.
+        n_filters: width of the filters; None: n_features.
+        activation: in filters and updates, a name in ``layers.ACTIVATIONS``.
+        rbf: radial basis, "gaussian" (on [0, cutoff]) or "bessel".
+        rbf_width: Å, width of the Gaussians; None: their spacing.
+        readout_hidden: hidden widths of the readout; None: [n_features // 2].
+        readout_activation: between the readout's layers.
     """
 
     architecture = "schnet"
+    #: options added after the first five, with the defaults that give the original network
+    _OPTIONS = dict(n_filters=None, activation="ssp", rbf="gaussian", rbf_width=None,
+                    readout_hidden=None, readout_activation="ssp")
 
     def __init__(self, species: Sequence[str | int], cutoff: float = 5.0, n_features: int = 64,
-                 n_interactions: int = 3, n_rbf: int = 20):
+                 n_interactions: int = 3, n_rbf: int = 20, n_filters: int | None = None,
+                 activation: str = "ssp", rbf: str = "gaussian", rbf_width: float | None = None,
+                 readout_hidden: Sequence[int] | None = None, readout_activation: str = "ssp"):
         super().__init__(species, cutoff)
         self.n_features, self.n_interactions, self.n_rbf = n_features, n_interactions, n_rbf
+        self.n_filters, self.activation, self.rbf_name = n_filters, activation, rbf
+        self.rbf_width, self.readout_activation = rbf_width, readout_activation
+        self.readout_hidden = None if readout_hidden is None else [int(n) for n in readout_hidden]
+        n_filters = n_features if n_filters is None else n_filters
+        act = get_activation(activation)
         self.embedding = nn.Embedding(len(self.species), n_features)
-        self.rbf = GaussianRBF(n_rbf, cutoff)
+        self.rbf = radial_basis(rbf, n_rbf, cutoff, rbf_width)
+        self.filter_activation = act()
         # first filter layer of every block at once: one matmul instead of n
-        self.filter_in = nn.Linear(n_rbf, n_interactions * n_features)
-        self.filter_out = nn.ModuleList(nn.Linear(n_features, n_features) for _ in range(n_interactions))
-        self.blocks = nn.ModuleList(_Interaction(n_features) for _ in range(n_interactions))
-        self.readout = mlp(n_features, n_features // 2, 1, ShiftedSoftplus)
+        self.filter_in = nn.Linear(n_rbf, n_interactions * n_filters)
+        self.filter_out = nn.ModuleList(nn.Linear(n_filters, n_filters) for _ in range(n_interactions))
+        self.blocks = nn.ModuleList(_Interaction(n_features, n_filters, act) for _ in range(n_interactions))
+        hidden = [n_features // 2] if readout_hidden is None else self.readout_hidden
+        self.readout = mlp(n_features, hidden, 1, get_activation(readout_activation))
 
     def hyperparameters(self) -> dict:
+        options = dict(n_filters=self.n_filters, activation=self.activation, rbf=self.rbf_name,
+                       rbf_width=self.rbf_width, readout_hidden=self.readout_hidden,
+                       readout_activation=self.readout_activation)
         return dict(species=self.species, cutoff=self.cutoff, n_features=self.n_features,
-                    n_interactions=self.n_interactions, n_rbf=self.n_rbf)
+                    n_interactions=self.n_interactions, n_rbf=self.n_rbf,
+                    **{k: v for k, v in options.items() if v != self._OPTIONS[k]})
 
     def atomic_outputs(self, species, edge_index, edge_vectors):
         i, j = edge_index
@@ -65,8 +90,8 @@ class SchNet(Potential):
         hidden = torch.chunk(self.filter_in(rbf), self.n_interactions, dim=1)
         x = self.embedding(species)  # [N, F]
         for block, hidden_t, out_t in zip(self.blocks, hidden, self.filter_out):
-            filters = out_t(nn.functional.softplus(hidden_t) - 0.6931471805599453) * envelope
+            filters = out_t(self.filter_activation(hidden_t)) * envelope  # [E, n_filters]
             messages = block.to_messages(x)[j] * filters  # [E, F]
-            aggregated = torch.zeros_like(x).index_add_(0, i, messages)
+            aggregated = messages.new_zeros((x.shape[0], messages.shape[1])).index_add_(0, i, messages)
             x = x + block.update(aggregated)
         return self.readout(x).squeeze(1)
