@@ -100,13 +100,16 @@ class BatchedNeighbors:
             parts_index.append(self.edge_index[:, keep])
             parts_shift.append(self.shifts[keep])
             periodic = self.periodic
+        near = torch.zeros_like(stale)
         if bool(build.any()):
             systems = torch.nonzero(build).squeeze(1)
             atoms = torch.nonzero(build[state.system]).squeeze(1)  # [n] global atom indices, sorted
             sub_edges, sub_shifts, sub_periodic = self._build(state.select(systems).batch())
-            parts_index.append(atoms[sub_edges])
-            parts_shift.append(sub_shifts.to(torch.long))
+            sub_edges, sub_shifts = atoms[sub_edges], sub_shifts.to(torch.long)
+            parts_index.append(sub_edges)
+            parts_shift.append(sub_shifts)
             periodic = periodic or sub_periodic
+            near = self._near(state, sub_edges, sub_shifts, sub_periodic)  # of the rebuilt systems only
         device = state.device
         edge_index = torch.cat(parts_index, 1) if parts_index else torch.zeros((2, 0), dtype=torch.long, device=device)
         shifts = torch.cat(parts_shift) if parts_shift else torch.zeros((0, 3), dtype=torch.long, device=device)
@@ -114,7 +117,6 @@ class BatchedNeighbors:
             self.reference = state.positions.clone()
         else:
             self.reference = torch.where(stale[state.system].unsqueeze(1), state.positions, self.reference)
-        near = self._near(state, edge_index, shifts, periodic)
         self.near = near if keep is None else torch.where(stale, near, self.near)
         order = _canonical(edge_index, shifts, state.positions.shape[0])
         self.edge_index, self.shifts, self.periodic = edge_index[:, order], shifts[order], periodic
