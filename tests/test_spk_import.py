@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -78,7 +77,8 @@ def test_same_energies_forces_stress_as_spkcalculator(name, dtype):
 
 def test_calculator_reads_a_schnetpack_file_directly_in_spkcalculator_units():
     assert is_schnetpack_file(DATA / "painn") and _units("painn") == ("kcal/mol", "Å")
-    calc = MLFFCalculator(str(DATA / "painn"), dtype="float64")
+    with pytest.warns(UserWarning, match=r"read in kcal/mol and Å \(SpkCalculator's defaults"):
+        calc = MLFFCalculator(str(DATA / "painn"), dtype="float64")
     for structure in FRAMES:
         assert max(_compare(calc, "painn", "float64", structure).values()) < 1e-10
 
@@ -123,9 +123,10 @@ def test_import_refuses_an_existing_output_and_unknown_units(tmp_path):
 def test_md_run_takes_a_schnetpack_file(tmp_path):
     structure = tmp_path / "ethanol.xyz"
     ase.io.write(structure, FRAMES["ethanol"])
-    result = CliRunner().invoke(main, ["run", str(structure), "-m", str(DATA / "schnet_gaussian"), "--steps",
-                                       "4", "--timestep-fs", "0.1", "-o", str(tmp_path / "run"), "-q",
-                                       "--traj-interval", "0", "--log-interval", "2"])
+    with pytest.warns(UserWarning, match="mlff-md import"):
+        result = CliRunner().invoke(main, ["run", str(structure), "-m", str(DATA / "schnet_gaussian"),
+                                           "--steps", "4", "--timestep-fs", "0.1", "-o", str(tmp_path / "run"),
+                                           "-q", "--traj-interval", "0", "--log-interval", "2"])
     assert result.exit_code == 0, result.output
 
 
@@ -196,7 +197,39 @@ def test_shared_weights_are_one_record_and_become_copies():
     assert all((b.to_messages.weight == model.blocks[0].to_messages.weight).all() for b in model.blocks)
 
 
-def test_fixture_script_is_where_the_readme_says(tmp_path):
-    assert (Path(__file__).parent / "make_spk_fixtures.py").is_file()
-    shutil.copy(DATA / "painn", tmp_path / "copy")
-    assert is_schnetpack_file(tmp_path / "copy")
+def _postprocessor(pickled, name):
+    return next(p for p in pickled.root.child("postprocessors").children() if p.name == name)
+
+
+def test_variants_that_would_change_the_numbers_are_refused():
+    # energy scaled but not the forces: SchNetPack's forces would not be -dE/dr
+    pickled = read_pickled_model(DATA / "schnet_bessel_shared")
+    posts = pickled.root.child("postprocessors")
+    posts.state["_modules"] = {k: v for k, v in posts.state["_modules"].items()
+                               if v.state.get("input_key") != "forces"}
+    with pytest.raises(ValueError, match=r"energy is scaled by 2.5 but the forces by 1.0"):
+        convert(pickled)
+    # trained (unequal) Gaussian widths
+    pickled = read_pickled_model(DATA / "schnet_gaussian")
+    widths = pickled.root.child("representation").child("radial_basis").state["_buffers"]["widths"]
+    widths[0] += 0.1
+    with pytest.raises(ValueError, match=r"GaussianRBF with unequal \(trained\) widths"):
+        convert(pickled)
+    # an intensive mean cannot be a per-atom energy
+    pickled = read_pickled_model(DATA / "schnet_gaussian")
+    _postprocessor(pickled, "AddOffsets").state["is_extensive"] = False
+    with pytest.raises(ValueError, match=r"AddOffsets with is_extensive=False"):
+        convert(pickled)
+    # mean aggregation is not an energy
+    pickled = read_pickled_model(DATA / "painn")
+    pickled.root.child("output_modules").children()[0].state["aggregation_mode"] = "avg"
+    with pytest.raises(ValueError, match=r"Atomwise aggregation 'avg'"):
+        convert(pickled)
+
+
+def test_a_damaged_record_gives_one_line_not_a_traceback(tmp_path):
+    data = b"\x80\x02cschnetpack.model.base\nNeuralNetworkPotential\n)\x81}b."  # NEWOBJ, empty state
+    path = _with_pickle(DATA / "painn", tmp_path / "empty_model", data)
+    with pytest.raises(ValueError, match=r"empty_model: .*supported are SchNet and PaiNN") as error:
+        load_schnetpack(path)
+    assert "\n" not in str(error.value)

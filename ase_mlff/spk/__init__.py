@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 from .convert import SUPPORTED, convert
@@ -82,6 +83,11 @@ def schnetpack_record(path: str | os.PathLike) -> dict:
     from ..io import FORMAT, FORMAT_VERSION, _plain
 
     model = load_schnetpack(path)
+    # the file does not say its units; an eV model read as kcal/mol would be 23x off, silently
+    warnings.warn(f"{path} is a SchNetPack model: read in {DEFAULT_ENERGY_UNIT} and {DEFAULT_LENGTH_UNIT} "
+                  "(SpkCalculator's defaults; the file does not record its units); for other units "
+                  f"convert it once: mlff-md import {path} -o model.pt --energy-unit ... --length-unit ...",
+                  UserWarning, stacklevel=3)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
