@@ -48,8 +48,8 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -97,7 +97,8 @@ def engine_api() -> tuple[bool, bool, str]:
     try:
         from ase_mlff.md import run_md
     except Exception as error:  # the engine is being written in the same tree
-        return False, False, f"engine columns empty: ase_mlff.md.run_md does not import ({type(error).__name__}: {error})"
+        return False, False, ("engine columns empty: ase_mlff.md.run_md does not import "
+                              f"({type(error).__name__}: {error})")
     batched = "replicas" in inspect.signature(run_md).parameters
     # ASE's Calculator swallows unknown keywords into its parameters, so a
     # missing compile option would not raise: look at the signature
@@ -581,8 +582,8 @@ def main() -> None:
             command = ["taskset", "-c", "0"] + command  # one thread, one core, as the others pin
         t0 = time.perf_counter()
         done = subprocess.run(command, env=env)
-        print(f"\n# section {name}: {time.perf_counter() - t0:.0f} s" + (f", exit {done.returncode}" if done.returncode else ""),
-              flush=True)
+        status = f", exit {done.returncode}" if done.returncode else ""
+        print(f"\n# section {name}: {time.perf_counter() - t0:.0f} s{status}", flush=True)
         if done.returncode:
             sys.exit(done.returncode)
 
