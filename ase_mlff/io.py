@@ -67,6 +67,12 @@ def save_model(model: Potential, path: str | os.PathLike, metadata: dict | None 
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another name or pass overwrite=True")
+    record = model_record(model, metadata)
+    return atomic_write(path, lambda tmp: torch.save(record, tmp))
+
+
+def model_record(model: Potential, metadata: dict | None = None) -> dict:
+    """What a model file holds for ``model`` (plain data; ``metadata`` merged over ``model.metadata``)."""
     merged = dict(getattr(model, "metadata", {}) or {})
     merged.update(metadata or {})
     try:
@@ -75,7 +81,7 @@ def save_model(model: Potential, path: str | os.PathLike, metadata: dict | None 
         raise ValueError(f"metadata must be JSON-compatible: {error}") from None
     parameter = next(model.parameters(), None)
     weights_dtype = parameter.dtype if parameter is not None else model.scale.dtype
-    record = {
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "architecture": model.architecture,
@@ -93,7 +99,6 @@ def save_model(model: Potential, path: str | os.PathLike, metadata: dict | None 
         "package_version": __version__,
         "metadata": merged,
     }
-    return atomic_write(path, lambda tmp: torch.save(record, tmp))
 
 
 def _plain(value):

@@ -111,3 +111,23 @@ def machine() -> str:
     return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
             f"{cores} cores{load}, {gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"python {platform.python_version()}")
+
+
+def run_sections(names, command_for: Callable[[str], list], env_for: Callable[[str], dict | None] = lambda n: None,
+                 pinned: tuple = ("ethanol",)) -> None:
+    """Run each section in its own process (a fresh torch thread pool), the one-thread ones
+    pinned to core 0 with ``taskset``; stop at the first that fails."""
+    import shutil
+    import subprocess
+    import sys
+
+    for name in names:
+        command = command_for(name)
+        if name in pinned and shutil.which("taskset"):
+            command = ["taskset", "-c", "0", *command]  # one thread, one core, as the others pin
+        t0 = time.perf_counter()
+        done = subprocess.run(command, env=env_for(name))
+        status = f", exit {done.returncode}" if done.returncode else ""
+        print(f"\n# section {name}: {time.perf_counter() - t0:.0f} s{status}", flush=True)
+        if done.returncode:
+            sys.exit(done.returncode)

@@ -55,7 +55,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import fmt_ms, fmt_ratio, machine, optional, table  # noqa: E402
+from _common import fmt_ms, fmt_ratio, machine, optional, run_sections, table  # noqa: E402
 
 EXAMPLES = HERE.parent / "examples"
 SECTIONS = ("ethanol", "replicas", "water")
@@ -572,21 +572,14 @@ def main() -> None:
     cache = None
     if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
         cache = tempfile.TemporaryDirectory(prefix="mlff-md-engine-inductor-")
-    for name in chosen:
+    def env_for(name):
         env = dict(os.environ)
         if cache is not None:  # a cold compile in each section; the CLI run then finds the cache warm
             env["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache.name) / name)
-        command = [sys.executable, __file__, "--section", name, "--replicas", args.replicas]
-        command += ["--quick"] if args.quick else []
-        if name == "ethanol" and shutil.which("taskset"):
-            command = ["taskset", "-c", "0"] + command  # one thread, one core, as the others pin
-        t0 = time.perf_counter()
-        done = subprocess.run(command, env=env)
-        status = f", exit {done.returncode}" if done.returncode else ""
-        print(f"\n# section {name}: {time.perf_counter() - t0:.0f} s{status}", flush=True)
-        if done.returncode:
-            sys.exit(done.returncode)
+        return env
 
+    run_sections(chosen, lambda name: [sys.executable, __file__, "--section", name, "--replicas", args.replicas,
+                                       *(["--quick"] if args.quick else [])], env_for)
 
 if __name__ == "__main__":
     main()

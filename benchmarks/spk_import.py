@@ -59,7 +59,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import fmt_ms, fmt_ratio, machine, table  # noqa: E402
+from _common import fmt_ms, fmt_ratio, machine, run_sections, table  # noqa: E402
 
 EXAMPLES = HERE.parent / "examples"
 CUTOFF, FEATURES, INTERACTIONS, GAUSSIANS = 5.0, 64, 3, 20
@@ -289,18 +289,8 @@ def main() -> None:
     print(f"# {machine()}")
     with tempfile.TemporaryDirectory(prefix="mlff-spk-bench-") as workdir:
         path = write_model(Path(workdir) / "best_model")
-        for name in chosen:
-            command = [sys.executable, __file__, "--section", name, "--model", str(path)]
-            command += ["--quick"] if args.quick else []
-            if name == "ethanol" and shutil.which("taskset"):
-                command = ["taskset", "-c", "0"] + command  # one thread, one core, as the others pin
-            t0 = time.perf_counter()
-            done = subprocess.run(command)
-            status = f", exit {done.returncode}" if done.returncode else ""
-            print(f"\n# section {name}: {time.perf_counter() - t0:.0f} s{status}", flush=True)
-            if done.returncode:
-                sys.exit(done.returncode)
-
+        run_sections(chosen, lambda name: [sys.executable, __file__, "--section", name, "--model", str(path),
+                                           *(["--quick"] if args.quick else [])])
 
 if __name__ == "__main__":
     main()

@@ -79,8 +79,7 @@ def load_schnetpack(path: str | os.PathLike, energy_unit: str = DEFAULT_ENERGY_U
 
 def schnetpack_record(path: str | os.PathLike) -> dict:
     """The model-file record (see :mod:`ase_mlff.io`) of a SchNetPack file in SpkCalculator's default units."""
-    from .._version import __version__
-    from ..io import FORMAT, FORMAT_VERSION, _plain
+    from ..io import model_record
 
     model = load_schnetpack(path)
     # the file does not say its units; an eV model read as kcal/mol would be 23x off, silently
@@ -88,21 +87,7 @@ def schnetpack_record(path: str | os.PathLike) -> dict:
                   "(SpkCalculator's defaults; the file does not record its units); for other units "
                   f"convert it once: mlff-md import {path} -o model.pt --energy-unit ... --length-unit ...",
                   UserWarning, stacklevel=3)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "architecture": model.architecture,
-        "hyperparameters": _plain(model.hyperparameters()),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "species": list(model.species),
-        "cutoff": model.cutoff,
-        "units": {"energy": "eV", "length": "Å"},
-        "energy_reference": {"element_energy": model.energy_reference(), "scale": float(model.scale),
-                             "shift": float(model.shift)},
-        "dtype": "float64",
-        "package_version": __version__,
-        "metadata": model.metadata,
-    }
+    return model_record(model)
 
 
 __all__ = ["DEFAULT_ENERGY_UNIT", "DEFAULT_LENGTH_UNIT", "SUPPORTED", "is_schnetpack_file",
