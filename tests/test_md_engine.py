@@ -300,7 +300,7 @@ def test_cli_restart_of_a_batch_is_bit_for_bit(tmp_path):
 class _CrashingLJ(LennardJones):
     """Raises at the ``crash_at``-th evaluation, as a run killed there would stop."""
 
-    crash_at = 5
+    crash_at = 26  # evaluation k is step k-1: after the outputs of steps 10 and 20
 
     def forward(self, numbers, edge_index, edge_vectors):
         type(self).crash_at -= 1
@@ -311,13 +311,15 @@ class _CrashingLJ(LennardJones):
 
 def test_restart_from_step_zero_does_not_duplicate_frame_zero(tmp_path):
     # with the defaults the first checkpoint is the one written right after step 0: a run that
-    # dies before its next flush restarts from there, and must not record step 0 again
+    # dies before its next flush restarts from there, must not record step 0 again, and drops
+    # the .traj frames, log lines and HDF5 frames written after that checkpoint
     model = _CrashingLJ(["Ar"], AR_EPSILON, AR_SIGMA)
     with pytest.raises(RuntimeError, match="killed"):
         run_md(argon_cluster(), _calc(model), steps=30, seed=1, output=tmp_path / "zero", timestep_fs=5.0,
                log_interval=10)
     with h5py.File(tmp_path / "zero.h5") as f:
         assert f["checkpoint"].attrs["step"] == 0 and f.attrs["status"] == "crashed"
+    assert len(ase.io.read(tmp_path / "zero.traj", ":")) == 3  # steps 0, 10, 20: past the checkpoint
     _CrashingLJ.crash_at = 10**9
     from ase_mlff.md import restart_md
 

@@ -456,6 +456,7 @@ def restart_md(h5_path: str | os.PathLike, calculator, *, steps: int | None = No
         for k in active:
             if settings.traj_interval > 0:
                 _truncate_traj(paths["traj"][k], start, settings.traj_interval)
+        _truncate_log(paths["log"], start)
         new_meta = {"last_restart_step": start, "steps": settings.steps,
                     "max_drift_meV_per_atom_per_ps": settings.max_drift_meV_per_atom_per_ps}
         if command_line:
@@ -514,3 +515,16 @@ def _truncate_traj(path: Path, step: int, interval: int) -> None:
     atomic_write(path, write)
 
 
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the log lines of steps after ``step`` (written after the checkpoint a restart continues)."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+    def keep(line: str) -> bool:
+        fields = line.split()
+        return line.startswith("#") or not fields or not fields[0].isdigit() or int(fields[0]) <= step
+
+    kept = [line for line in lines if keep(line)]
+    if len(kept) != len(lines):
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept), encoding="utf-8"))

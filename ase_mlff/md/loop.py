@@ -123,14 +123,16 @@ class Simulation:
         if not (due_h5 or due_traj or due_log or due_draw):
             return
         host = snapshot(self.state)
-        if due_h5:
-            self.outputs.record(host)
-            if self.outputs.h5.due():
-                self.outputs.h5.flush(self.checkpoint())
+        # .traj and log first, the HDF5 checkpoint last: a run killed in between restarts from
+        # the previous checkpoint and drops what came after it, so no frame is ever missing
         if due_traj:
             self.outputs.write_traj(host)
         if due_log:
             self.outputs.log_line(host)
+        if due_h5:
+            self.outputs.record(host)
+            if self.outputs.h5.due():
+                self.outputs.h5.flush(self.checkpoint())
         if due_draw:
             single = len(host["energy"]) == 1 and len(self.status) == 1
             self.progress.draw(step, host["temperature"],
