@@ -131,3 +131,12 @@ def run_sections(names, command_for: Callable[[str], list], env_for: Callable[[s
         print(f"\n# section {name}: {time.perf_counter() - t0:.0f} s{status}", flush=True)
         if done.returncode:
             sys.exit(done.returncode)
+
+
+def choose_sections(parser, only: str, sections) -> list[str]:
+    """The comma-separated ``--only`` value as a list of known sections (a parser error otherwise)."""
+    chosen = [s.strip() for s in only.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(sections))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {', '.join(sections)}")
+    return chosen

@@ -55,7 +55,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import fmt_ms, fmt_ratio, machine, optional, run_sections, table  # noqa: E402
+from _common import choose_sections, fmt_ms, fmt_ratio, machine, optional, run_sections, table  # noqa: E402
 
 EXAMPLES = HERE.parent / "examples"
 SECTIONS = ("ethanol", "replicas", "water")
@@ -564,10 +564,7 @@ def main() -> None:
     if args.section:
         run_section(args.section, args.quick, sizes)
         return
-    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = sorted(set(chosen) - set(SECTIONS))
-    if unknown:
-        parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    chosen = choose_sections(parser, args.only, SECTIONS)
     print(f"# {machine()}")
     cache = None
     if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:

@@ -59,7 +59,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import fmt_ms, fmt_ratio, machine, run_sections, table  # noqa: E402
+from _common import choose_sections, fmt_ms, fmt_ratio, machine, run_sections, table  # noqa: E402
 
 EXAMPLES = HERE.parent / "examples"
 CUTOFF, FEATURES, INTERACTIONS, GAUSSIANS = 5.0, 64, 3, 20
@@ -282,10 +282,7 @@ def main() -> None:
         else:
             section_md(args.section, path, args.quick)
         return
-    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = sorted(set(chosen) - set(SECTIONS))
-    if unknown:
-        parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    chosen = choose_sections(parser, args.only, SECTIONS)
     print(f"# {machine()}")
     with tempfile.TemporaryDirectory(prefix="mlff-spk-bench-") as workdir:
         path = write_model(Path(workdir) / "best_model")

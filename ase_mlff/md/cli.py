@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from ..training.cli import _check_output_file
 from .driver import ENSEMBLES, EXIT_BLOWUP, VELOCITY_MODES
 from .settings import DEFAULTS
 
@@ -360,20 +361,6 @@ def _restart(restart, structures, model, steps, max_drift, ctx, device, dtype, t
         raise click.ClickException(str(error)) from None
 
 
-def _writable(path: str, option: str) -> None:
-    """Refuse an output path that cannot be written, before any work is done."""
-    import os
-
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise click.ClickException(f"{option} {path} is a directory; give a file name")
-    if not folder.is_dir():
-        raise click.ClickException(f"{option} {path}: folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK):
-        raise click.ClickException(f"{option} {path}: cannot write into {folder} (permission denied)")
-
-
 @click.command("report")
 @click.argument("h5file", type=click.Path(dir_okay=False))
 @click.option("--system", type=int, default=None, help="Report one system of a many-system run [default: all].")
@@ -389,7 +376,7 @@ def report(h5file, system, max_drift, png):
     if max_drift is not None and not max_drift >= 0:
         raise click.BadParameter(f"must be a number >= 0 meV/atom/ps, got {max_drift}", param_hint="--max-drift")
     if png:
-        _writable(png, "--plot")
+        _check_output_file(png, "--plot")
     try:
         meta = read_metadata(h5file)
         count = n_systems(h5file)
@@ -430,7 +417,7 @@ def convert(h5file, output, index, system, overwrite):
 
     if Path(output).exists() and not overwrite:
         raise click.ClickException(f"{output} exists; choose another name or pass --overwrite")
-    _writable(output, "OUTPUT")
+    _check_output_file(output, "OUTPUT")
     try:
         selection = string2index(index)
         if isinstance(selection, str):  # ASE passes non-numbers on as database queries

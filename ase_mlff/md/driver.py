@@ -33,9 +33,9 @@ from .integrators import Integrator, init_thermostat
 from .lock import OutputLock
 from .loop import Simulation, with_signals
 from .noise import system_seeds
-from .report import energy_conservation, temperature_statistics
+from .report import run_report
 from .settings import DEFAULTS, ENSEMBLES, VELOCITY_MODES, MDSettings
-from .state import MDState, fixed_atoms, state_from_atoms
+from .state import MDState, fixed_atoms, max_radius, state_from_atoms
 from .validate import check_structure
 from .velocities import maxwell_boltzmann
 from .writers import Outputs, all_paths, output_paths, system_infos
@@ -134,12 +134,7 @@ def _limits(state: MDState, temperature_K: torch.Tensor, cutoff: float) -> None:
     th = state.thermostat
     th["max_temperature"] = torch.maximum(10.0 * temperature_K, temperature_K + 5000.0).to(state.device)
     th["first_nonfinite_step"] = torch.full((state.n_systems,), -1, dtype=torch.long, device=state.device)
-    m = state.masses.unsqueeze(1)
-    mass = torch.zeros(state.n_systems, dtype=m.dtype, device=state.device).index_add_(0, state.system, state.masses)
-    com = torch.zeros_like(state.cell[:, 0]).index_add_(0, state.system, m * state.positions) / mass.unsqueeze(1)
-    r = torch.linalg.vector_norm(state.positions - com[state.system], dim=1)
-    extent = torch.zeros_like(mass).scatter_reduce_(0, state.system, r, "amax", include_self=False)
-    th["max_radius"] = extent + max(10.0, 2.0 * cutoff)
+    th["max_radius"] = max_radius(state) + max(10.0, 2.0 * cutoff)
 
 
 def _labels(structures, labels):
@@ -362,12 +357,8 @@ def _reports(writer, sim: Simulation, settings: MDSettings, status: str) -> list
                  "report": None, "note": ""}
         if status == "completed" and entry["status"] in ("running", "completed"):
             try:
-                if settings.ensemble == "nve":
-                    report = energy_conservation(frames["time"][:], frames["total_energy"][:],
-                                                 frames["kinetic_energy"][:], entry["n_atoms"],
-                                                 settings.max_drift_meV_per_atom_per_ps)
-                else:
-                    report = temperature_statistics(frames["temperature"][:], float(group.attrs["temperature_K"]))
+                report = run_report(settings.ensemble, frames, entry["n_atoms"], float(group.attrs["temperature_K"]),
+                                    settings.max_drift_meV_per_atom_per_ps)
             except ValueError as error:  # too few frames to judge
                 entry["note"] = f"no report: {error}"
             else:

@@ -65,7 +65,9 @@ class BatchedNeighbors:
 
     def __call__(self, state: MDState) -> Neighbors:
         positions = state.positions
-        if self.reference is None or self.reference.shape != positions.shape:
+        if self.reference is not None and self.reference.shape != positions.shape:
+            self.reset()  # other atoms: nothing stored applies
+        if self.reference is None:
             self._rebuild(state, torch.ones(state.n_systems, dtype=torch.bool, device=state.device))
         else:
             moved = (positions - self.reference).square().sum(1)
@@ -92,8 +94,8 @@ class BatchedNeighbors:
         not_finite = torch.zeros(state.n_systems, dtype=torch.long, device=state.device).index_add_(
             0, state.system, (~torch.isfinite(state.positions).all(1)).long()) > 0
         build = stale & ~not_finite
-        keep = ~stale[state.system[self.edge_index[0]]] if self.reference is not None and \
-            self.edge_index is not None and self.near is not None and len(self.near) == state.n_systems else None
+        # reference, edges and near are set together here and cleared together by reset()
+        keep = None if self.reference is None else ~stale[state.system[self.edge_index[0]]]
         parts_index, parts_shift = [], []
         periodic = False
         if keep is not None:
@@ -113,7 +115,7 @@ class BatchedNeighbors:
         device = state.device
         edge_index = torch.cat(parts_index, 1) if parts_index else torch.zeros((2, 0), dtype=torch.long, device=device)
         shifts = torch.cat(parts_shift) if parts_shift else torch.zeros((0, 3), dtype=torch.long, device=device)
-        if self.reference is None or keep is None:
+        if keep is None:
             self.reference = state.positions.clone()
         else:
             self.reference = torch.where(stale[state.system].unsqueeze(1), state.positions, self.reference)

@@ -16,7 +16,7 @@ import threading
 import torch
 
 from .integrators import Integrator
-from .state import MDState, temperature
+from .state import MDState, max_radius, temperature
 from .writers import Outputs, Progress, snapshot
 
 #: blow-up reasons, by code
@@ -60,13 +60,8 @@ class Simulation:
 
     def _radius(self) -> torch.Tensor:
         """[B] Å, largest distance of an atom from its system's centre of mass (molecules; 0 if periodic)."""
-        s = self.state
-        m = s.masses.unsqueeze(1)
-        mass = torch.zeros(s.n_systems, dtype=m.dtype, device=s.device).index_add_(0, s.system, s.masses)
-        com = torch.zeros_like(s.cell[:, 0]).index_add_(0, s.system, m * s.positions) / mass.unsqueeze(1)
-        r = torch.linalg.vector_norm(s.positions - com[s.system], dim=1)
-        radius = torch.zeros_like(mass).scatter_reduce_(0, s.system, r, "amax", include_self=False)
-        return torch.where(s.pbc.any(1), torch.zeros_like(radius), radius)
+        radius = max_radius(self.state)
+        return torch.where(self.state.pbc.any(1), torch.zeros_like(radius), radius)
 
     def _stop_systems(self, codes: torch.Tensor) -> None:
         s = self.state

@@ -213,6 +213,15 @@ def temperature_statistics(temperature, target_K: float) -> TemperatureReport:
                              mean_K=float(temp.mean()), std_K=float(temp.std()))
 
 
+def run_report(ensemble: str, frames, n_atoms: int, target_K: float, max_drift: float):
+    """ConservationReport for NVE, else TemperatureReport, from one system's frame series
+    (``time``, ``total_energy``, ``kinetic_energy``, ``temperature``: arrays or datasets)."""
+    if ensemble == "nve":
+        return energy_conservation(frames["time"][:], frames["total_energy"][:], frames["kinetic_energy"][:],
+                                   n_atoms, max_drift)
+    return temperature_statistics(frames["temperature"][:], target_K)
+
+
 def report_from_h5(path: str | os.PathLike, max_drift: float | None = None, system: int = 0):
     """The report of a run from its HDF5 file: ConservationReport for NVE, else TemperatureReport.
 
@@ -223,13 +232,10 @@ def report_from_h5(path: str | os.PathLike, max_drift: float | None = None, syst
 
     s = read_series(path, system)
     meta = s["metadata"]
-    if meta.get("ensemble", "nve") == "nve":
-        if max_drift is None:
-            max_drift = float(meta.get("max_drift_meV_per_atom_per_ps", DEFAULT_MAX_DRIFT))
-        return energy_conservation(s["time"], s["total_energy"], s["kinetic_energy"], s["n_atoms"],
-                                   max_drift)
+    if max_drift is None:
+        max_drift = float(meta.get("max_drift_meV_per_atom_per_ps", DEFAULT_MAX_DRIFT))
     target = s["system"].get("temperature_K", meta.get("temperature_K", np.nan))  # per system since version 2
-    return temperature_statistics(s["temperature"], float(target))
+    return run_report(meta.get("ensemble", "nve"), s, s["n_atoms"], float(target), max_drift)
 
 
 def plot(path: str | os.PathLike, png: str | os.PathLike, system: int = 0) -> None:

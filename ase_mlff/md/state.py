@@ -99,6 +99,15 @@ def kinetic_energy(state: MDState, momenta: torch.Tensor | None = None) -> torch
     return torch.zeros_like(state.dof).index_add_(0, state.system, per_atom)
 
 
+def max_radius(state: MDState) -> torch.Tensor:
+    """[B] Å, the largest distance of an atom from its system's centre of mass."""
+    m = state.masses.unsqueeze(1)
+    mass = torch.zeros_like(state.dof).index_add_(0, state.system, state.masses)
+    com = torch.zeros_like(state.cell[:, 0]).index_add_(0, state.system, m * state.positions) / mass.unsqueeze(1)
+    r = torch.linalg.vector_norm(state.positions - com[state.system], dim=1)
+    return torch.zeros_like(mass).scatter_reduce_(0, state.system, r, "amax", include_self=False)
+
+
 def temperature(state: MDState, kinetic: torch.Tensor | None = None) -> torch.Tensor:
     """[B] K: 2 E_kin / (n_dof k_B)."""
     kinetic = kinetic_energy(state) if kinetic is None else kinetic
