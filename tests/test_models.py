@@ -467,3 +467,50 @@ def test_energy_reference_scale_and_shift_enter_as_documented():
     expected = 3.0 * plain + 0.125 + np.array([table[z] for z in atoms.numbers])
     np.testing.assert_allclose(attach(atoms, other).get_potential_energies(), expected, rtol=1e-13,
                                atol=1e-12)
+
+
+# -- one filter per pair ------------------------------------------------------------------
+@pytest.mark.parametrize("system", ["ethanol", "mo-2-atom-cell", "si-triclinic"])
+def test_half_edges_keeps_exactly_one_edge_of_every_pair(system):
+    from ase_mlff.models.layers import half_edges
+    from ase_mlff.neighbors import edge_vectors
+
+    batch = atoms_to_batch([FD_SYSTEMS[system]()])
+    neighbors = neighbor_list(batch, 5.0)
+    vectors = edge_vectors(batch.positions, batch.cell, batch.system, neighbors)
+    keep = half_edges(neighbors.edge_index, vectors)
+    i, j = neighbors.edge_index
+    edges = {(a, b, tuple(np.round(v, 9))) for a, b, v in zip(i.tolist(), j.tolist(), vectors.numpy())}
+    kept = {(a, b, tuple(np.round(v, 9))) for a, b, v, k in zip(i.tolist(), j.tolist(), vectors.numpy(), keep)
+            if k}
+    reverse = {(b, a, tuple(np.round(-np.asarray(v), 9) + 0.0)) for a, b, v in kept}
+    assert 2 * len(kept) == len(edges) == len(i)
+    assert not kept & reverse and kept | reverse == edges
+
+
+def test_schnet_sends_each_pair_filter_both_ways_as_a_directed_sum_would():
+    """The pair-wise SchNet equals the textbook one filter per directed edge."""
+    model = make_model("schnet", SPECIES["water"]).double()
+    atoms = water(0)
+    batch = atoms_to_batch([atoms])
+    neighbors = neighbor_list(batch, model.cutoff)
+    from ase_mlff.neighbors import edge_vectors
+
+    vectors = edge_vectors(batch.positions, batch.cell, batch.system, neighbors)
+    species = model.species_index[batch.numbers]
+    i, j = neighbors.edge_index
+    d = torch.linalg.vector_norm(vectors, dim=1)
+    from ase_mlff.models.layers import cosine_cutoff
+
+    rbf, envelope = model.rbf(d), cosine_cutoff(d, model.cutoff).unsqueeze(1)
+    x = model.embedding(species)
+    width = model.filter_in.weight.shape[0] // model.n_interactions
+    for t, (block, out_t) in enumerate(zip(model.blocks, model.filter_out)):
+        rows = slice(t * width, (t + 1) * width)
+        hidden = torch.nn.functional.linear(rbf, model.filter_in.weight[rows], model.filter_in.bias[rows])
+        filters = out_t(model.filter_activation(hidden)) * envelope
+        messages = block.to_messages(x)[j] * filters
+        x = x + block.update(torch.zeros_like(x[:, : messages.shape[1]]).index_add_(0, i, messages))
+    expected = model.readout(x).squeeze(1)
+    got = model.atomic_outputs(species, neighbors.edge_index, vectors)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)

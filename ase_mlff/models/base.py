@@ -1,7 +1,9 @@
 """What every potential shares: species, cutoff, and the energy reference.
 
 A potential maps (atomic numbers [N], edge_index [2, E], edge_vectors [E, 3] Å)
-to per-atom energies [N] in eV:
+to per-atom energies [N] in eV. The edge list is full, as :mod:`ase_mlff.neighbors`
+builds it: every pair within the cutoff appears in both directions, (i, j, r)
+and (j, i, −r) (networks may evaluate what depends on |r| once per pair):
 
     E_i = scale · y_i + shift + E_ref[Z_i]
 

@@ -18,6 +18,22 @@ def cosine_cutoff(distances: torch.Tensor, cutoff: float) -> torch.Tensor:
     return value * (distances < cutoff).to(distances.dtype)
 
 
+def half_edges(edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+    """Mask [E] keeping one edge of every pair (i, j, r) / (j, i, −r) of a full list.
+
+    A full (symmetric) neighbor list holds every pair twice, and a filter that
+    depends on |r| only is the same for both: networks evaluate it on the kept
+    half and send the message both ways. Kept: i < j, and for an atom's own
+    periodic images (i = j) the image whose first non-zero component of r is
+    positive. The two edges of a pair have exactly opposite vectors (r_j − r_i
+    + S·cell and r_i − r_j − S·cell round alike), so exactly one is kept.
+    """
+    i, j = edge_index
+    x, y, z = edge_vectors.unbind(1)
+    positive = torch.where(x != 0, x > 0, torch.where(y != 0, y > 0, z > 0))
+    return (i < j) | ((i == j) & positive)
+
+
 def shifted_softplus(x: torch.Tensor) -> torch.Tensor:
     """ssp(x) = ln(½eˣ + ½), the SchNet activation (zero at x = 0)."""
     return nn.functional.softplus(x) - math.log(2.0)

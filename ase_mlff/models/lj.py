@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .base import Potential
+from .layers import half_edges
 
 
 class LennardJones(Potential):
@@ -47,9 +48,11 @@ class LennardJones(Potential):
                     cutoff=self.cutoff, onset=self.onset, smooth=self.smooth)
 
     def atomic_outputs(self, species, edge_index, edge_vectors):
-        r2 = edge_vectors.square().sum(1)  # [E], Å²
+        pair_edges = half_edges(edge_index, edge_vectors)  # u(r) once per pair, half to each atom
+        edge_index, edge_vectors = edge_index[:, pair_edges], edge_vectors[pair_edges]
+        r2 = edge_vectors.square().sum(1)  # [P], Å²
         c6 = (self.sigma**2 / r2) ** 3
-        pair = 4.0 * self.epsilon * (c6 * c6 - c6)  # [E], eV
+        pair = 4.0 * self.epsilon * (c6 * c6 - c6)  # [P], eV
         if self.smooth:
             s = 1.0 - (r2 - self.onset**2) / (self.cutoff**2 - self.onset**2)
             s = s.clamp(0.0, 1.0)
@@ -57,4 +60,6 @@ class LennardJones(Potential):
         else:
             c6_cut = (self.sigma / self.cutoff) ** 6
             pair = pair - 4.0 * self.epsilon * (c6_cut**2 - c6_cut)
-        return species.new_zeros(species.shape, dtype=r2.dtype).index_add_(0, edge_index[0], 0.5 * pair)
+        half = 0.5 * pair
+        return species.new_zeros(species.shape, dtype=r2.dtype).index_add_(0, edge_index[0], half).index_add_(
+            0, edge_index[1], half)

