@@ -158,6 +158,10 @@ def _with_units(function):
 @click.option("--seed", default=0, show_default=True, help="Seed of the split, the initial weights and the shuffling.")
 @click.option("--energy-weight", default=1.0, show_default=True, help="Weight of the per-atom energy loss.")
 @click.option("--forces-weight", default=10.0, show_default=True, help="Weight of the force loss.")
+@click.option("--loss-beta", type=click.FloatRange(0, 1), default=None,
+              help="Convex loss (1-β)·L_E + β·L_F instead of the two weights (sets them to 1-β, β).")
+@click.option("--energy-loss", type=click.Choice(["per-atom", "per-structure"]), default="per-atom",
+              show_default=True, help="Energy error per atom (ΔE/n) or per structure (ΔE) in the loss.")
 @click.option("--optimizer", type=click.Choice(["adam", "adamw"]), default="adam", show_default=True)
 @click.option("--lr", "learning_rate", default=5e-4, show_default=True, help="Initial learning rate.")
 @click.option("--weight-decay", default=0.0, show_default=True)
@@ -185,7 +189,44 @@ def _with_units(function):
 def train(data, output, architecture, species, energy_unit, length_unit, energy_key, forces_key,
           split_file, split_tag, n_train, n_val, n_test, val_block, seed, threads, metadata_items,
           tensorboard_dir, resume, overwrite, quiet, **hyper):
-    """Train a potential on DATA (extxyz/db/traj, MD17 .npz, mlff-md .h5) and write --output."""
+    """Train a potential on DATA (extxyz/db/traj, MD17 .npz, mlff-md .h5) and write --output.
+
+    Under torchrun (several processes) it trains data-parallel: --batch-size is
+    the global batch, rank 0 writes every file.
+    """
+    from .distributed import from_environment
+
+    source = click.get_current_context().get_parameter_source
+    if hyper["loss_beta"] is not None:
+        given = [f"--{name.replace('_', '-')}" for name in ("energy_weight", "forces_weight")
+                 if source(name) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"--loss-beta sets both loss weights; drop {' and '.join(given)} "
+                                   "(β = forces_weight / (energy_weight + forces_weight))")
+    try:
+        dist = from_environment(hyper["device"])
+    except ValueError as error:
+        raise _fail(error) from None
+    try:
+        _train(dist, data, output, architecture, species, energy_unit, length_unit, energy_key, forces_key,
+               split_file, split_tag, n_train, n_val, n_test, val_block, seed, threads, metadata_items,
+               tensorboard_dir, resume, overwrite, quiet, hyper)
+    except Exception as error:
+        if not dist.active:
+            raise
+        # one line naming the rank; torchrun then ends the other ranks
+        if isinstance(error, click.ClickException):
+            error.message = f"rank {dist.rank} of {dist.world_size}: {error.message}"
+            raise
+        raise click.ClickException(f"rank {dist.rank} of {dist.world_size}: {type(error).__name__}: "
+                                   + " ".join(str(error).split())) from error
+    finally:
+        dist.close()
+
+
+def _train(dist, data, output, architecture, species, energy_unit, length_unit, energy_key, forces_key,
+           split_file, split_tag, n_train, n_val, n_test, val_block, seed, threads, metadata_items,
+           tensorboard_dir, resume, overwrite, quiet, hyper):
     from ..threads import set_threads
     from .splits import load_split, random_split, save_split, tagged_split
     from .trainer import TrainConfig, Trainer
@@ -244,7 +285,7 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
             split = random_split(len(dataset), n_val=_count(n_val, "--n-val"), n_test=_count(n_test, "--n-test"),
                                  n_train=_count(n_train, "--n-train"), seed=seed)
         split.check_range(len(dataset), str(data))
-        if not quiet:
+        if not quiet and dist.is_main:
             echo = click.echo
         else:
             def echo(line):
@@ -254,19 +295,22 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
             with warnings.catch_warnings(record=True) as caught:
                 trainer = Trainer(dataset, split, config, output, checkpoint=checkpoint, log_csv=log_csv,
                                   metadata=_metadata_items(metadata_items), echo=echo,
-                                  tensorboard_dir=tensorboard_dir)
-        for warning in caught:
+                                  tensorboard_dir=tensorboard_dir, distributed=dist)
+        for warning in caught if dist.is_main else ():
             click.echo(f"warning: {warning.message}", err=True)
-        if resume:
+        if resume:  # every rank reads the checkpoint
             trainer.load_checkpoint()
-            click.echo(f"resuming after epoch {trainer.epoch} (best epoch {trainer.best_epoch})")
-        else:
+            if dist.is_main:
+                click.echo(f"resuming after epoch {trainer.epoch} (best epoch {trainer.best_epoch})")
+        elif dist.is_main:
             save_split(split, split_path, {"data": str(data), "data_sha256": trainer.data_hash})
         result = trainer.fit()
     except (ValueError, FileNotFoundError, ImportError) as error:
         raise _fail(error) from None
     from .evaluate import format_table
 
+    if not dist.is_main:
+        return
     for name, metrics in result.metrics.items():
         click.echo(format_table(metrics, f"{name} set ({metrics['n_frames']} frames)"))
     click.echo(f"split written to {split_path}, log to {trainer.log_csv}, checkpoint {checkpoint}")
@@ -434,7 +478,10 @@ def _training_lines(training: dict) -> list[str]:
         f"stopped: {training.get('stopped_because')}",
         f"optimizer         {config.get('optimizer')} lr {config.get('learning_rate')}, "
         f"batch {config.get('batch_size')}, loss weights E {config.get('energy_weight')} "
-        f"F {config.get('forces_weight')}, EMA {config.get('ema_decay')}",
+        f"F {config.get('forces_weight')}"
+        + (f" (β {config['loss_beta']})" if config.get("loss_beta") is not None else "")
+        + (f", energy loss {config['energy_loss']}" if config.get("energy_loss") else "")
+        + f", EMA {config.get('ema_decay')}",
     ]
     if not training.get("forces_trained", True):
         lines.append("warning           trained on energies only: its forces were never fitted")

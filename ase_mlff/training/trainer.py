@@ -3,7 +3,16 @@
 Loss per batch, in units of scale² (scale = RMS force component of the
 training set, so both terms start near 1):
 
-    L = w_E · mean_b((E_b − E_b^ref) / n_b)² / scale²  +  w_F · mean_{i,α}(F_iα − F_iα^ref)² / scale²
+    L = w_E · L_E + w_F · L_F
+    L_E = mean_b((E_b − E_b^ref) / n_b)² / scale²        (energy_loss="per-atom", the default)
+    L_E = mean_b(E_b − E_b^ref)² / scale²                (energy_loss="per-structure")
+    L_F = mean_{i,α}(F_iα − F_iα^ref)² / scale²
+
+The convex form of the equivariant-model papers, L = (1 − β) · L_E + β · L_F with
+β in [0, 1] (``loss_beta``), is the same loss with w_E = 1 − β, w_F = β. Weights
+(w_E, w_F) and β = w_F / (w_E + w_F) have the same minimum; their gradients differ
+by the factor w_E + w_F (the default 1, 10 is β = 10/11 with a gradient 11 times
+larger, which Adam's normalisation mostly absorbs; gradient clipping does not).
 
 | step                               | code                                            |
 |------------------------------------|-------------------------------------------------|
@@ -13,6 +22,7 @@ training set, so both terms start near 1):
 | EMA of weights θ̄ ← d·θ̄ + (1−d)·θ   | ``_ema_update`` (validation and the saved model use θ̄) |
 | LR × factor on a validation plateau | ``ReduceLROnPlateau``                          |
 | early stop, epoch and time budgets  | ``Trainer.fit``                                 |
+| several processes (torchrun)        | :mod:`~ase_mlff.training.distributed`            |
 
 The best model on the validation loss is written (atomically) every time it
 improves, and a checkpoint after every epoch, so an interrupted run loses at
@@ -43,12 +53,14 @@ from ..forces import compute
 from ..io import save_model
 from ..models import Potential, get_architecture
 from .data import Dataset, check_dataset, warn_energy_only
+from .distributed import SINGLE, Distributed
 from .evaluate import error_metrics
 from .frames import FrameCache, predict
 from .reference import fit_energy_reference
 from .splits import Split
 
 OPTIMIZERS = ("adam", "adamw")
+ENERGY_LOSSES = ("per-atom", "per-structure")
 #: what a checkpoint written by :meth:`Trainer.save_checkpoint` holds
 _CHECKPOINT_KEYS = ("epoch", "best_loss", "best_epoch", "elapsed_s", "data_hash", "config", "split",
                     "model", "ema", "optimizer", "scheduler")
@@ -66,6 +78,8 @@ class TrainConfig:
     n_rbf: int = 20
     energy_weight: float = 1.0
     forces_weight: float = 10.0
+    loss_beta: float | None = None  # convex form: sets energy_weight = 1 − β, forces_weight = β
+    energy_loss: str = "per-atom"  # or "per-structure" (total-energy errors)
     optimizer: str = "adam"
     learning_rate: float = 5e-4
     weight_decay: float = 0.0
@@ -89,6 +103,12 @@ class TrainConfig:
         for name in ("learning_rate", "batch_size", "max_epochs", "cutoff"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.energy_loss not in ENERGY_LOSSES:
+            raise ValueError(f"unknown energy_loss {self.energy_loss!r}; valid: {ENERGY_LOSSES}")
+        if self.loss_beta is not None:
+            if not 0 <= self.loss_beta <= 1:
+                raise ValueError(f"loss_beta must be in [0, 1] (L = (1 − β) L_E + β L_F), got {self.loss_beta}")
+            self.energy_weight, self.forces_weight = 1.0 - self.loss_beta, float(self.loss_beta)
         if self.energy_weight < 0 or self.forces_weight < 0 or self.energy_weight + self.forces_weight == 0:
             raise ValueError(f"loss weights must be non-negative and not both zero, got energy "
                              f"{self.energy_weight}, forces {self.forces_weight}")
@@ -112,6 +132,10 @@ class TrainResult:
     wall_time_s: float
     stopped_because: str
     metrics: dict = field(default_factory=dict)  # {"validation": ..., "test": ...}
+
+
+#: what the epoch callback of :meth:`Trainer.fit` receives: epoch, validation loss and metrics
+EpochCallback = Callable[[int, float, dict], "str | None"]
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -146,18 +170,22 @@ class Trainer:
         log_csv: per-epoch CSV log, default ``<output stem>.log.csv``.
         metadata: extra JSON-compatible metadata stored in the model file.
         echo: where progress lines go (None: silent).
+        tensorboard_dir: also log scalars to TensorBoard there.
+        distributed: this process's rank among several (torchrun); rank 0 alone writes
+            files and prints, ``batch_size`` is the global batch over all ranks.
     """
 
     def __init__(self, data: Dataset, split: Split, config: TrainConfig, output: str | os.PathLike,
                  checkpoint: str | os.PathLike | None = None, log_csv: str | os.PathLike | None = None,
                  metadata: dict | None = None, echo: Callable[[str], None] | None = print,
-                 tensorboard_dir: str | None = None):
+                 tensorboard_dir: str | None = None, distributed: Distributed = SINGLE):
         self.config = config
+        self.dist = distributed
         self.output = Path(output)
         self.checkpoint = Path(checkpoint) if checkpoint else self.output.with_name(self.output.name + ".ckpt")
         self.log_csv = Path(log_csv) if log_csv else self.output.with_name(self.output.stem + ".log.csv")
         self.extra_metadata = dict(metadata or {})
-        self.echo = echo or (lambda line: None)
+        self.echo = (echo if distributed.is_main else None) or (lambda line: None)
         self.tensorboard_dir = tensorboard_dir
         split.check_range(len(data), data.source)
         self.split = split
@@ -183,7 +211,7 @@ class Trainer:
         if not data.has_forces and config.energy_weight == 0:
             raise ValueError("the data has no forces and the energy weight is 0: nothing to learn")
 
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(distributed.device(config.device))
         self.dtype = resolve_dtype(config.dtype)
         torch.manual_seed(config.seed)
         cls = get_architecture(config.architecture)
@@ -193,8 +221,13 @@ class Trainer:
                                         self.reference.shift)
         self.model.to(device=self.device, dtype=self.dtype)
         self.ema = copy.deepcopy(self.model)
+        # what the optimizer step calls: the model itself, or DDP around it (same parameters)
+        self.step_model = distributed.wrap(self.model, self.device)
         self.train_cache = FrameCache(self.train_data, self.model.cutoff, self.dtype, self.device)
-        self.val_cache = FrameCache(self.val_data, self.model.cutoff, self.dtype, self.device)
+        # each rank predicts one contiguous block of the validation frames
+        val_block = list(distributed.block(len(self.val_data)))
+        self.val_cache = (FrameCache(self.val_data.subset(val_block), self.model.cutoff, self.dtype, self.device)
+                          if val_block else None)
         parameters = list(self.model.parameters())
         if config.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate,
@@ -212,46 +245,73 @@ class Trainer:
         self.data_hash = data.fingerprint()
 
     # -- loss ----------------------------------------------------------------------
-    def _loss(self, energy, energy_ref, n_atoms, forces, forces_ref) -> torch.Tensor:
+    def _loss(self, energy, energy_ref, n_atoms, forces, forces_ref, n_frames: int | None = None,
+              n_force_atoms: int | None = None) -> torch.Tensor:
+        """L of the frames given, as sums over them divided by the counts of the whole batch.
+
+        ``n_frames`` and ``n_force_atoms`` are the global batch's frames and atoms
+        (default: those given), so the shares of several ranks add up to the loss
+        of the global batch.
+        """
         scale2 = float(self.reference.scale) ** 2
+        n_frames = len(energy) if n_frames is None else n_frames
+        n_force_atoms = int(n_atoms.sum()) if n_force_atoms is None else n_force_atoms
         loss = energy.new_zeros(())
         if self.config.energy_weight > 0:
-            per_atom = (energy - energy_ref) / n_atoms  # [B], eV/atom, float64
-            loss = loss + self.config.energy_weight * per_atom.square().mean() / scale2
+            error = energy - energy_ref  # [B], eV, float64
+            if self.config.energy_loss == "per-atom":
+                error = error / n_atoms  # eV/atom
+            loss = loss + self.config.energy_weight * error.square().sum() / (n_frames * scale2)
         if self.use_forces:
-            loss = loss + self.config.forces_weight * (forces - forces_ref).double().square().mean() / scale2
+            squared = (forces - forces_ref).double().square().sum()  # (eV/Å)²
+            loss = loss + self.config.forces_weight * squared / (3 * n_force_atoms * scale2)
         return loss
 
     def _validate(self) -> tuple[float, dict]:
         model = self.ema
-        energy, forces = predict(model, self.val_cache, batch_size=max(32, self.config.batch_size),
-                                 forces=self.use_forces)
+        energy, forces = np.zeros(0), []
+        if self.val_cache is not None:
+            energy, forces = predict(model, self.val_cache, batch_size=max(32, self.config.batch_size),
+                                     forces=self.use_forces)
+        if self.dist.active:  # the blocks of all ranks, in rank order: the whole validation set
+            parts = self.dist.gather((energy, forces))
+            energy = np.concatenate([p[0] for p in parts])
+            forces = None if not self.use_forces else [f for p in parts for f in p[1]]
         metrics = error_metrics(self.val_data, energy, forces)
         scale2 = float(self.reference.scale) ** 2
-        loss = self.config.energy_weight * (metrics["energy_rmse_meV_per_atom"] * 1e-3) ** 2 / scale2
+        energy_rmse = (metrics["energy_rmse_meV_per_atom"] if self.config.energy_loss == "per-atom"
+                       else metrics["energy_rmse_meV"])
+        loss = self.config.energy_weight * (energy_rmse * 1e-3) ** 2 / scale2
         if self.use_forces:
             loss += self.config.forces_weight * (metrics["forces_rmse_meV_per_A"] * 1e-3) ** 2 / scale2
         return loss, metrics
 
     # -- one epoch -----------------------------------------------------------------
     def _train_epoch(self) -> float:
-        model, config = self.model.train(), self.config
+        model, config, dist = self.model.train(), self.config, self.dist
         order = np.random.default_rng([config.seed, self.epoch]).permutation(self.train_cache.n_frames)
+        n_atoms = self.train_data.n_atoms  # [n_train] numpy: the global counts need no device sync
         total, frames = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             chunk = order[start:start + config.batch_size].tolist()
-            batch, neighbors, energy_ref, forces_ref = self.train_cache.collate(chunk)
-            out = compute(model, batch, neighbors, forces=self.use_forces, training=True)
-            loss = self._loss(out.energy, energy_ref, batch.n_atoms, out.forces, forces_ref)
+            # this rank's share; the loss divides by the global batch's counts
+            mine, weight = dist.shard(chunk), float(dist.world_size)
+            if not mine:  # a short last batch: every rank must still join DDP's all-reduce
+                mine, weight = chunk[:1], 0.0
+            batch, neighbors, energy_ref, forces_ref = self.train_cache.collate(mine)
+            out = compute(self.step_model, batch, neighbors, forces=self.use_forces, training=True)
+            loss = self._loss(out.energy, energy_ref, batch.n_atoms, out.forces, forces_ref,
+                              n_frames=len(chunk), n_force_atoms=int(n_atoms[chunk].sum()))
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages the ranks' gradients: × W makes the mean the global batch's gradient
+            (loss * weight).backward()
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             self.optimizer.step()
             _ema_update(self.ema, model, config.ema_decay)
-            total += float(loss.detach()) * len(chunk)
+            total += float(loss.detach()) * len(chunk) * (weight > 0)
             frames += len(chunk)
-        return total / frames
+        return dist.sum(total) / frames
 
     # -- files ---------------------------------------------------------------------
     def _state(self) -> dict:
@@ -264,6 +324,8 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
         state = self._state()
         atomic_write(self.checkpoint, lambda tmp: torch.save(state, tmp), private=True)
 
@@ -336,7 +398,8 @@ class Trainer:
                 "best_epoch": self.best_epoch,
                 "wall_time_s": round(self.elapsed_s, 1),
                 "stopped_because": stopped_because,
-                "hardware": hardware_description(self.device),
+                "hardware": hardware_description(self.device)
+                + (f", {self.dist.world_size} processes (DDP)" if self.dist.active else ""),
                 "torch_version": str(torch.__version__),
                 "ase_mlff_version": __version__,
                 "forces_trained": self.use_forces,
@@ -349,20 +412,29 @@ class Trainer:
         return json.loads(json.dumps(metadata))
 
     def _save_best(self, metrics: dict, stopped_because: str = "running") -> None:
+        if not self.dist.is_main:
+            return
         model = copy.deepcopy(self.ema).to("cpu")
         save_model(model, self.output, self._metadata(metrics, stopped_because))
 
     # -- the loop ------------------------------------------------------------------
-    def fit(self) -> TrainResult:
-        config = self.config
+    def fit(self, on_epoch: EpochCallback | None = None) -> TrainResult:
+        """Train until a stopping rule fires; returns the best model and its metrics.
+
+        Args:
+            on_epoch: called (on rank 0) after each epoch's validation with
+                ``(epoch, val_loss, metrics)``; a string it returns stops training
+                with that reason (a hyperparameter sweep prunes trials this way).
+        """
+        config, main = self.config, self.dist.is_main
         new_log = self.epoch == 0 or not self.log_csv.exists()
-        log = open(self.log_csv, "w" if new_log else "a", newline="")
+        log = open(self.log_csv if main else os.devnull, "w" if new_log else "a", newline="")
         writer = csv.writer(log)
         if new_log:
             writer.writerow(["epoch", "time_s", "learning_rate", "train_loss", "val_loss",
                              "val_energy_mae_meV_per_atom", "val_forces_mae_meV_per_A", "best"])
         tensorboard = None
-        if self.tensorboard_dir:
+        if self.tensorboard_dir and main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
@@ -371,13 +443,16 @@ class Trainer:
         budget_s = None if config.max_time_min is None else 60.0 * config.max_time_min
         session_start, epoch_s = time.perf_counter(), 0.0
         before = self.elapsed_s
+        ranks = (f" × {self.dist.world_size} processes (global batch {config.batch_size})"
+                 if self.dist.active else "")
         self.echo(f"training {config.architecture} on {len(self.split.train)} frames "
                   f"(validation {len(self.split.val)}, test {len(self.split.test)}), "
-                  f"{sum(p.numel() for p in self.model.parameters())} parameters, device {self.device}")
+                  f"{sum(p.numel() for p in self.model.parameters())} parameters, device {self.device}{ranks}")
         stopped = "max_epochs"
         try:
             while self.epoch < config.max_epochs:
-                if budget_s is not None and self.elapsed_s + epoch_s > budget_s:
+                # clocks differ between ranks: rank 0 decides for all
+                if self.dist.broadcast(budget_s is not None and self.elapsed_s + epoch_s > budget_s):
                     stopped = "max_time"
                     break
                 tick = time.perf_counter()
@@ -408,11 +483,16 @@ class Trainer:
                           f"train {train_loss:.4g}  val {val_loss:.4g}  "
                           f"E {metrics['energy_mae_meV_per_atom']:.3f} meV/atom  "
                           f"F {forces_mae:.2f} meV/Å{'  *' if improved else ''}")
+                reason = None
                 if self.epoch - self.best_epoch >= config.patience:
-                    stopped = "early_stopping"
-                    break
-                if lr <= config.min_learning_rate * (1 + 1e-9) and self.epoch - self.best_epoch >= config.lr_patience:
-                    stopped = "min_learning_rate"
+                    reason = "early_stopping"
+                elif lr <= config.min_learning_rate * (1 + 1e-9) and self.epoch - self.best_epoch >= config.lr_patience:
+                    reason = "min_learning_rate"
+                elif on_epoch is not None and main:
+                    reason = on_epoch(self.epoch, val_loss, metrics)
+                reason = self.dist.broadcast(reason)
+                if reason:
+                    stopped = reason
                     break
         finally:
             log.close()
@@ -423,7 +503,14 @@ class Trainer:
     def _finish(self, stopped: str) -> TrainResult:
         from ..io import load_model
 
+        if not self.dist.is_main:  # rank 0 evaluates and writes the final model; the others wait for it
+            metrics = self.dist.broadcast(None)
+            if metrics is None:
+                raise RuntimeError(f"rank 0 wrote no model to {self.output}")
+            return TrainResult(load_model(self.output), self.epoch, self.best_epoch, self.elapsed_s,
+                               stopped, metrics)
         if not self.output.exists():
+            self.dist.broadcast(None)
             raise RuntimeError(f"no epoch finished, so no model was written to {self.output}")
         best = load_model(self.output)
         best_device = copy.deepcopy(best).to(device=self.device, dtype=self.dtype)
@@ -435,6 +522,7 @@ class Trainer:
             energy, forces = predict(best_device, cache, forces=subset.has_forces)
             metrics[name] = error_metrics(subset, energy, forces)
         save_model(best, self.output, self._metadata(metrics, stopped))
+        self.dist.broadcast(metrics)
         self.echo(f"stopped after {self.epoch} epochs ({stopped}); best epoch {self.best_epoch}; "
                   f"model written to {self.output}")
         return TrainResult(load_model(self.output), self.epoch, self.best_epoch, self.elapsed_s,
