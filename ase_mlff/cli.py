@@ -31,6 +31,10 @@ from .training.cli import evaluate, info, train  # noqa: E402
 for _command in (train, evaluate, info):
     main.add_command(_command)
 
+from .training.sweep_cli import sweep  # noqa: E402
+
+main.add_command(sweep)
+
 from .spk.cli import import_model  # noqa: E402
 
 main.add_command(import_model)
