@@ -105,8 +105,13 @@ class Distributed:
         """``model`` in ``DistributedDataParallel`` (the identity in one process)."""
         if not self.active:
             return model
+        import warnings
+
         from torch.nn.parallel import DistributedDataParallel
 
+        # a [1, n] weight (the readout's last layer) gets a gradient of strides (1, 1)
+        # where the bucket has (n, 1): the same memory layout, reported at every step
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)
 
