@@ -503,12 +503,15 @@ class Trainer:
     def _finish(self, stopped: str) -> TrainResult:
         from ..io import load_model
 
-        if not self.dist.is_main:  # rank 0 evaluates and writes the final model; the others wait for it
-            metrics = self.dist.broadcast(None)
-            if metrics is None:
+        if not self.dist.is_main:
+            # rank 0 evaluates and writes the final model and sends it (no shared file system needed)
+            shared = self.dist.broadcast(None)
+            if shared is None:
                 raise RuntimeError(f"rank 0 wrote no model to {self.output}")
-            return TrainResult(load_model(self.output), self.epoch, self.best_epoch, self.elapsed_s,
-                               stopped, metrics)
+            metrics, weights = shared
+            best = copy.deepcopy(self.ema).to("cpu")
+            best.load_state_dict(weights)
+            return TrainResult(best, self.epoch, self.best_epoch, self.elapsed_s, stopped, metrics)
         if not self.output.exists():
             self.dist.broadcast(None)
             raise RuntimeError(f"no epoch finished, so no model was written to {self.output}")
@@ -522,7 +525,8 @@ class Trainer:
             energy, forces = predict(best_device, cache, forces=subset.has_forces)
             metrics[name] = error_metrics(subset, energy, forces)
         save_model(best, self.output, self._metadata(metrics, stopped))
-        self.dist.broadcast(metrics)
+        if self.dist.active:
+            self.dist.broadcast((metrics, best.state_dict()))
         self.echo(f"stopped after {self.epoch} epochs ({stopped}); best epoch {self.best_epoch}; "
                   f"model written to {self.output}")
         return TrainResult(load_model(self.output), self.epoch, self.best_epoch, self.elapsed_s,
