@@ -218,7 +218,11 @@ class Sweep:
         optuna = import_optuna()
         params = {p.name: p.suggest(trial) for p in self.space}
         folder = self.output / f"trial_{trial.number:04d}"
-        folder.mkdir(parents=True, exist_ok=False)  # never train over another trial's files
+        try:
+            folder.mkdir(parents=True, exist_ok=False)  # never train over another trial's files
+        except FileExistsError:
+            raise FileExistsError(f"{folder} exists, but the study has no trial {trial.number} that wrote it "
+                                  f"(a study deleted or a storage changed?); use a new -o or move it away") from None
         settings = {**self.base, **params}
         if self.trial_time_s is not None:
             settings["max_time_min"] = self.trial_time_s / 60.0
@@ -258,7 +262,8 @@ def run_study(sweep: Sweep, storage: str, study_name: str, sampler: str = "tpe",
         chosen = optuna.samplers.TPESampler(seed=sampler_seed)
     else:
         raise ValueError(f"unknown sampler {sampler!r}; valid: grid, tpe")
-    chosen_pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if pruner == "median"
+    # no pruning before 2 trials have finished nor in a trial's first 2 epochs (their errors are noise)
+    chosen_pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2) if pruner == "median"
                      else optuna.pruners.NopPruner())
     for attempt in range(5):  # two processes creating one new SQLite study can collide once
         try:

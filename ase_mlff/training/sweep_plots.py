@@ -51,7 +51,7 @@ def plot_learning_curves(study, path: Path) -> Path:
         table = np.genfromtxt(log, delimiter=",", names=True, ndmin=1)
         if table.size == 0:
             continue
-        style = "-" if trial.state.name == "COMPLETE" else ":"
+        style = ".-" if trial.state.name == "COMPLETE" else ".:"  # a trial pruned at once is one dot
         plotted.extend(np.atleast_1d(table[_LOG_COLUMNS[metric]]).tolist())
         axis.plot(table["epoch"], table[_LOG_COLUMNS[metric]], style, lw=1.2,
                   label=f"{trial.number} ({trial.state.name.lower()})")
