@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +39,14 @@ def _free_port() -> int:
 
 
 def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MLFF_DDP_TIMEOUT_S="60")
+    # a rank waiting for a dead peer would give up only after 10 min: the subprocess timeouts
+    # below (at most 150 s) fail the test long before, so passing means nobody hung
+    env = dict(os.environ, OMP_NUM_THREADS="1", MLFF_DDP_TIMEOUT_S="600")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
 
-def _torchrun(*args, timeout=120) -> subprocess.CompletedProcess:
+def _torchrun(*args, timeout=150) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=ROOT)
@@ -151,11 +152,9 @@ _FAILING_RANK = textwrap.dedent("""
 def test_a_failing_rank_ends_the_job_with_a_message(tmp_path, mode):
     script = tmp_path / "failing_rank.py"
     script.write_text(_FAILING_RANK)
-    start = time.perf_counter()
-    run = _torchrun(script, mode, ETHANOL, tmp_path / "m.pt", timeout=90)
-    elapsed = time.perf_counter() - start
+    # a hang ends in subprocess.TimeoutExpired: the test fails
+    run = _torchrun(script, mode, ETHANOL, tmp_path / "m.pt", timeout=150)
     output = run.stdout + run.stderr
     assert run.returncode != 0, output
     expected = "injected failure on rank 1" if mode == "raise" else "rank 1 of 2: stopped by SIGTERM"
     assert expected in output, output
-    assert elapsed < 60, f"the job took {elapsed:.0f} s to end: a rank waited for its peer"
