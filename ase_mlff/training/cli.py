@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -131,6 +132,50 @@ def _with_units(function):
     return function
 
 
+_RANKS = "ase_mlff.distributed"
+
+
+def _on_ranks(command):
+    """``mlff-md train`` on this process's rank: under torchrun it trains data-parallel
+    (--batch-size is the global batch, rank 0 writes every file and prints).
+
+    Checks --loss-beta against the explicit weights, joins the process group
+    (:func:`~ase_mlff.training.distributed.from_environment`, left in the click
+    context for the command), and turns any error of a rank into one line that
+    names the rank, so that torchrun's teardown of the others is explained.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from .distributed import from_environment
+
+        context = click.get_current_context()
+        if kwargs.get("loss_beta") is not None:
+            given = [f"--{name.replace('_', '-')}" for name in ("energy_weight", "forces_weight")
+                     if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+            if given:
+                raise click.UsageError(f"--loss-beta sets both loss weights; drop {' and '.join(given)} "
+                                       "(β = forces_weight / (energy_weight + forces_weight))")
+        try:
+            dist = context.meta[_RANKS] = from_environment(kwargs["device"])
+        except ValueError as error:
+            raise _fail(error) from None
+        try:
+            return command(*args, **kwargs)
+        except Exception as error:
+            if not dist.active:
+                raise
+            if isinstance(error, click.ClickException):
+                error.message = f"rank {dist.rank} of {dist.world_size}: {error.message}"
+                raise
+            raise click.ClickException(f"rank {dist.rank} of {dist.world_size}: {type(error).__name__}: "
+                                       + " ".join(str(error).split())) from error
+        finally:
+            dist.close()
+
+    return wrapper
+
+
 @click.command()
 @click.argument("data", type=click.Path(dir_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(), help="Model file to write (.pt).")
@@ -186,50 +231,16 @@ def _with_units(function):
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch progress lines.")
+@_on_ranks
 def train(data, output, architecture, species, energy_unit, length_unit, energy_key, forces_key,
           split_file, split_tag, n_train, n_val, n_test, val_block, seed, threads, metadata_items,
           tensorboard_dir, resume, overwrite, quiet, **hyper):
-    """Train a potential on DATA (extxyz/db/traj, MD17 .npz, mlff-md .h5) and write --output.
-
-    Under torchrun (several processes) it trains data-parallel: --batch-size is
-    the global batch, rank 0 writes every file.
-    """
-    from .distributed import from_environment
-
-    source = click.get_current_context().get_parameter_source
-    if hyper["loss_beta"] is not None:
-        given = [f"--{name.replace('_', '-')}" for name in ("energy_weight", "forces_weight")
-                 if source(name) is not click.core.ParameterSource.DEFAULT]
-        if given:
-            raise click.UsageError(f"--loss-beta sets both loss weights; drop {' and '.join(given)} "
-                                   "(β = forces_weight / (energy_weight + forces_weight))")
-    try:
-        dist = from_environment(hyper["device"])
-    except ValueError as error:
-        raise _fail(error) from None
-    try:
-        _train(dist, data, output, architecture, species, energy_unit, length_unit, energy_key, forces_key,
-               split_file, split_tag, n_train, n_val, n_test, val_block, seed, threads, metadata_items,
-               tensorboard_dir, resume, overwrite, quiet, hyper)
-    except Exception as error:
-        if not dist.active:
-            raise
-        # one line naming the rank; torchrun then ends the other ranks
-        if isinstance(error, click.ClickException):
-            error.message = f"rank {dist.rank} of {dist.world_size}: {error.message}"
-            raise
-        raise click.ClickException(f"rank {dist.rank} of {dist.world_size}: {type(error).__name__}: "
-                                   + " ".join(str(error).split())) from error
-    finally:
-        dist.close()
-
-
-def _train(dist, data, output, architecture, species, energy_unit, length_unit, energy_key, forces_key,
-           split_file, split_tag, n_train, n_val, n_test, val_block, seed, threads, metadata_items,
-           tensorboard_dir, resume, overwrite, quiet, hyper):
+    """Train a potential on DATA (extxyz/db/traj, MD17 .npz, mlff-md .h5) and write --output."""
     from ..threads import set_threads
     from .splits import load_split, random_split, save_split, tagged_split
     from .trainer import TrainConfig, Trainer
+
+    dist = click.get_current_context().meta[_RANKS]  # several processes under torchrun: see _on_ranks
 
     output = _check_output_file(output, "--output")
     split_path = output.with_name(output.stem + ".split.json")
