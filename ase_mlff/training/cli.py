@@ -19,6 +19,50 @@ def _fail(error: Exception) -> click.ClickException:
     return click.ClickException(" ".join(str(error).split()))
 
 
+_RANKS = "ase_mlff.distributed"
+
+
+def _on_ranks(command):
+    """``mlff-md train`` on this process's rank: under torchrun it trains data-parallel
+    (--batch-size is the global batch, rank 0 writes every file and prints).
+
+    Checks --loss-beta against the explicit weights, joins the process group
+    (:func:`~ase_mlff.training.distributed.from_environment`, left in the click
+    context for the command), and turns any error of a rank into one line that
+    names the rank, so that torchrun's teardown of the others is explained.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from .distributed import from_environment
+
+        context = click.get_current_context()
+        if kwargs.get("loss_beta") is not None:
+            given = [f"--{name.replace('_', '-')}" for name in ("energy_weight", "forces_weight")
+                     if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+            if given:
+                raise click.UsageError(f"--loss-beta sets both loss weights; drop {' and '.join(given)} "
+                                       "(β = forces_weight / (energy_weight + forces_weight))")
+        try:
+            dist = context.meta[_RANKS] = from_environment(kwargs["device"])
+        except ValueError as error:
+            raise _fail(error) from None
+        try:
+            return command(*args, **kwargs)
+        except Exception as error:
+            if not dist.active:
+                raise
+            if isinstance(error, click.ClickException):
+                error.message = f"rank {dist.rank} of {dist.world_size}: {error.message}"
+                raise
+            raise click.ClickException(f"rank {dist.rank} of {dist.world_size}: {type(error).__name__}: "
+                                       + " ".join(str(error).split())) from error
+        finally:
+            dist.close()
+
+    return wrapper
+
+
 def _check_device(ctx, param, value: str) -> str:
     """auto, cpu, cuda or cuda:N, and CUDA only where it is available; everything else is refused here.
 
@@ -130,50 +174,6 @@ def _with_units(function):
     for option in reversed(_units):
         function = option(function)
     return function
-
-
-_RANKS = "ase_mlff.distributed"
-
-
-def _on_ranks(command):
-    """``mlff-md train`` on this process's rank: under torchrun it trains data-parallel
-    (--batch-size is the global batch, rank 0 writes every file and prints).
-
-    Checks --loss-beta against the explicit weights, joins the process group
-    (:func:`~ase_mlff.training.distributed.from_environment`, left in the click
-    context for the command), and turns any error of a rank into one line that
-    names the rank, so that torchrun's teardown of the others is explained.
-    """
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from .distributed import from_environment
-
-        context = click.get_current_context()
-        if kwargs.get("loss_beta") is not None:
-            given = [f"--{name.replace('_', '-')}" for name in ("energy_weight", "forces_weight")
-                     if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
-            if given:
-                raise click.UsageError(f"--loss-beta sets both loss weights; drop {' and '.join(given)} "
-                                       "(β = forces_weight / (energy_weight + forces_weight))")
-        try:
-            dist = context.meta[_RANKS] = from_environment(kwargs["device"])
-        except ValueError as error:
-            raise _fail(error) from None
-        try:
-            return command(*args, **kwargs)
-        except Exception as error:
-            if not dist.active:
-                raise
-            if isinstance(error, click.ClickException):
-                error.message = f"rank {dist.rank} of {dist.world_size}: {error.message}"
-                raise
-            raise click.ClickException(f"rank {dist.rank} of {dist.world_size}: {type(error).__name__}: "
-                                       + " ".join(str(error).split())) from error
-        finally:
-            dist.close()
-
-    return wrapper
 
 
 @click.command()
