@@ -19,11 +19,11 @@ build and u_i = r_i − r⁰_i F each atom's displacement beyond the affine one,
 every pair vector (images included: the integer shifts are fixed) is
 d' = d⁰F + u_j − u_i, hence
 
-    |d'| ≥ σ_min(F) |d⁰| − 2 max|u| ≥ (1 − ‖F − 1‖_F)(r_c + s) − 2 max|u|
+    |d'| ≥ σ_min(F) |d⁰| − 2 max|u| ≥ σ_min(F)(r_c + s) − 2 max|u|
 
-(Weyl: σ_min(F) ≥ 1 − ‖F − 1‖₂ ≥ 1 − ‖F − 1‖_F). A system is rebuilt when
-max|u| > ((1 − ‖F − 1‖_F)(r_c + s) − r_c) / 2; for F = 1 this is the skin/2
-rule. Pairs that came closer are in the list already; those now beyond the
+with σ_min(F)² the smallest eigenvalue of FᵀF. A system is rebuilt when
+max|u| > (σ_min(F)(r_c + s) − r_c) / 2; for F = 1 this is the skin/2 rule.
+An expanding cell (σ_min > 1) only widens the margin. Pairs that came closer are in the list already; those now beyond the
 cutoff are dropped before the model sees them (always, in this mode).
 
 Per step the host learns one flag (did any system move far enough to need
@@ -104,9 +104,9 @@ class BatchedNeighbors:
             deformation = torch.linalg.solve(self.reference_cell, state.cell)  # F = (h⁰)⁻¹ h, [B, 3, 3]
             affine = torch.bmm(self.reference.unsqueeze(1), deformation[state.system]).squeeze(1)
             moved = (state.positions - affine).square().sum(1)
-            eye = torch.eye(3, dtype=deformation.dtype, device=deformation.device)
-            shrink = torch.linalg.matrix_norm(deformation - eye)  # ‖F − 1‖_F, [B]
-            allowed = 0.5 * ((1.0 - shrink) * (self.cutoff + self.skin) - self.cutoff)  # Å, max |u|
+            gram = torch.bmm(deformation.transpose(1, 2), deformation)
+            sigma_min = torch.linalg.eigvalsh(gram)[:, 0].clamp(min=0.0).sqrt()  # [B]
+            allowed = 0.5 * (sigma_min * (self.cutoff + self.skin) - self.cutoff)  # Å, the largest max |u|
         else:
             moved = (state.positions - self.reference).square().sum(1)
             allowed = torch.full((state.n_systems,), 0.5 * self.skin, dtype=moved.dtype, device=moved.device)
