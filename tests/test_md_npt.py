@@ -286,3 +286,34 @@ def test_mean_pressure_equals_the_target_within_its_standard_error(tmp_path):
     sem = block_standard_error(pressure)
     assert abs(pressure.mean() - target) < 3 * sem, (pressure.mean(), sem)
     assert sem < 0.2 * np.std(pressure)  # the run was long enough for the error bar to mean something
+
+
+@pytest.mark.slow
+def test_ideal_gas_volume_distribution_is_exact(tmp_path):
+    # U = 0 (Lennard-Jones with ε = 0): the NPT volume density is V^N exp(−P₀V/k_BT) exactly, a Gamma
+    # law with mean (N + 1) k_BT/P₀ and relative width 1/√(N + 1). With zero total momentum
+    # (n_dof = 3N − 3) the plain 2K/(3V) kinetic term would give N k_BT/P₀ instead, 11 % low for
+    # N = 8: this separates the kinetic-term conventions, and checks the noise amplitude
+    from ase import Atoms
+
+    from ase_mlff.md.report import block_standard_error
+
+    n, temperature, target = 8, 300.0, 100.0
+    exact = (n + 1) * kB * temperature / (target * bar)
+    side = exact ** (1 / 3)
+    gas = Atoms("Ar8", positions=np.random.default_rng(0).uniform(0, side, (n, 3)), cell=[side] * 3, pbc=True)
+    calc = MLFFCalculator(LennardJones(["Ar"], epsilon=0.0, sigma=1.0), dtype="float64")
+    replicas = 8
+    run_md(gas, calc, ensemble="npt", temperature_K=temperature, taut_fs=50, taup_fs=200, pressure_bar=target,
+           compressibility_per_bar=1 / target, timestep_fs=5, steps=8000, seed=3, replicas=replicas,
+           output=tmp_path / "gas", h5_interval=10, traj_interval=0)
+    volumes = [read_series(tmp_path / "gas.h5", k)["volume"][50:] for k in range(replicas)]
+    pressures = [read_series(tmp_path / "gas.h5", k)["pressure"][50:] / bar for k in range(replicas)]
+    mean = np.mean([v.mean() for v in volumes])
+    sem = np.sqrt(np.sum([block_standard_error(v) ** 2 for v in volumes])) / replicas
+    assert abs(mean - exact) < 3 * sem and sem < 0.03 * exact, (mean / exact, sem / exact)
+    width = np.mean([v.std() / v.mean() for v in volumes])
+    assert abs(width - 1 / np.sqrt(n + 1)) < 0.1 / np.sqrt(n + 1), width
+    p_mean = np.mean([p.mean() for p in pressures])
+    p_sem = np.sqrt(np.sum([block_standard_error(p) ** 2 for p in pressures])) / replicas
+    assert abs(p_mean - target) < 3 * p_sem, (p_mean, p_sem)
