@@ -105,6 +105,7 @@ def test_hdf5_v3_layout_traj_cells_and_pressure(tmp_path):
         g = f["systems/0/frames"]
         for name, (per_atom, shape, dtype, unit) in FRAME_FIELDS_V3.items():
             assert g[name].shape == (9, *((32,) if per_atom else ()), *shape) and g[name].attrs["units"] == unit
+            assert g[name].dtype == dtype
         assert f["checkpoint"][f["checkpoint"].attrs["slot"]]["cell"].shape == (1, 3, 3)
     s = read_series(tmp_path / "r.h5")
     np.testing.assert_allclose(s["volume"], np.abs(np.linalg.det(s["cell"])), rtol=1e-14)

@@ -225,7 +225,8 @@ def _summary_table(result) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
 @click.pass_context
 def run(ctx, structures, model, ensemble, timestep_fs, temperature_K, friction_per_fs, taut_fs, pressure_bar,
-        taup_fs, compressibility_per_bar, cell_dof, steps, replicas, seed, velocities, output, overwrite, restart, traj_interval, h5_interval, log_interval,
+        taup_fs, compressibility_per_bar, cell_dof, steps, replicas, seed, velocities, output, overwrite, restart,
+        traj_interval, h5_interval, log_interval,
         flush_every, max_drift, compile_model, device, dtype, threads, quiet):
     """Run molecular dynamics on STRUCTURES (files, file@frame or file@slice), all in one batch.
 
@@ -288,7 +289,8 @@ def run(ctx, structures, model, ensemble, timestep_fs, temperature_K, friction_p
                     atoms_list, calculator, ensemble=ensemble, timestep_fs=timestep_fs,
                     temperature_K=temperature_K, friction_per_fs=friction_per_fs, taut_fs=taut_fs,
                     pressure_bar=pressure_bar, taup_fs=taup_fs, compressibility_per_bar=compressibility_per_bar,
-                    cell_dof=cell_dof, steps=DEFAULTS.steps if steps is None else steps, seed=seed, velocities=velocities,
+                    cell_dof=cell_dof, steps=DEFAULTS.steps if steps is None else steps, seed=seed,
+                    velocities=velocities,
                     replicas=replicas, labels=labels if len(labels) > 1 or replicas > 1 else None,
                     output=output, overwrite=overwrite, traj_interval=traj_interval,
                     h5_interval=h5_interval, log_interval=log_interval, flush_every=flush_every,

@@ -27,9 +27,9 @@ from ase import Atoms
 
 from .. import units
 from ..files import atomic_write
+from .barostat import init_barostat
 from .forcefield import ForceField
 from .h5 import FORMAT_VERSION, read_checkpoint
-from .barostat import init_barostat
 from .integrators import Integrator, init_thermostat
 from .lock import OutputLock
 from .loop import Simulation, with_signals

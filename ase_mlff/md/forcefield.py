@@ -23,7 +23,8 @@ d' = d⁰F + u_j − u_i, hence
 
 with σ_min(F)² the smallest eigenvalue of FᵀF. A system is rebuilt when
 max|u| > (σ_min(F)(r_c + s) − r_c) / 2; for F = 1 this is the skin/2 rule.
-An expanding cell (σ_min > 1) only widens the margin. Pairs that came closer are in the list already; those now beyond the
+An expanding cell (σ_min > 1) only widens the margin. Pairs that came
+closer are in the list already; those now beyond the
 cutoff are dropped before the model sees them (always, in this mode).
 
 Per step the host learns one flag (did any system move far enough to need

@@ -3,7 +3,8 @@
 Intervals count absolute steps (``step % interval == 0``), so a restarted
 run records the same steps as an uninterrupted one. A system that blows up
 (non-finite energy or forces, a temperature far beyond its target, atoms
-flying apart, an NPT cell whose volume or shape collapsed or exploded) is stopped and named; its frames up to its last recorded step
+flying apart, an NPT cell whose volume or shape collapsed or exploded) is
+stopped and named; its frames up to its last recorded step
 stay, and the others run on. SIGINT/SIGTERM stop the run at the next step
 boundary, after that step's outputs.
 """
