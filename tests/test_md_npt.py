@@ -193,16 +193,18 @@ def test_skin_lists_stay_exact_while_the_cell_deforms(tmp_path):
     from ase_mlff.md.velocities import maxwell_boltzmann
 
     calc = MLFFCalculator(LennardJones(["Ar"], AR_EPSILON, AR_SIGMA), dtype="float64", skin=0.6)
-    structures = [_argon(0.95), bulk("Ar", "fcc", a=5.4).repeat((2, 2, 3))]
-    state = state_from_atoms(structures, torch.device("cpu"), noise.system_seeds(2, 2))
-    temperature = torch.tensor([60.0, 60.0], dtype=torch.float64)
+    # the one-atom primitive cell sits at the origin: no displacement shows its deformation, only the
+    # images' shifts do (a displacement-only rule would never rebuild it)
+    structures = [_argon(0.95), bulk("Ar", "fcc", a=5.4).repeat((2, 2, 3)), bulk("Ar", "fcc", a=5.6)]
+    state = state_from_atoms(structures, torch.device("cpu"), noise.system_seeds(2, 3))
+    temperature = torch.tensor([60.0, 60.0, 60.0], dtype=torch.float64)
     maxwell_boltzmann(state, temperature, zero_momentum=True)
     kT = kB * temperature
-    init_thermostat(state, "npt", kT, kT * 0, torch.full((2,), 50 * fs, dtype=torch.float64))
+    init_thermostat(state, "npt", kT, kT * 0, torch.full((3,), 50 * fs, dtype=torch.float64))
     # an aggressive barostat (τ_p = 200 fs with twice water's compressibility) and pressures far from
-    # the boxes': a compressed one under 2 kbar of tension, a dilated one under 3 kbar
-    init_barostat(state, torch.tensor([-2000.0, 3000.0], dtype=torch.float64) * bar,
-                  torch.full((2,), 200 * fs, dtype=torch.float64), torch.full((2,), 9e-5, dtype=torch.float64) / bar)
+    # the boxes': a compressed one under 2 kbar of tension, dilated ones under 3 kbar
+    init_barostat(state, torch.tensor([-2000.0, 3000.0, 3000.0], dtype=torch.float64) * bar,
+                  torch.full((3,), 200 * fs, dtype=torch.float64), torch.full((3,), 9e-5, dtype=torch.float64) / bar)
     force_field = _force_field(calc, False, int(state.positions.shape[0]), stress=True)
     force_field(state)
     step = _integrator(MDSettings(ensemble="npt", timestep_fs=5.0, cell_dof="triclinic"))
