@@ -320,3 +320,17 @@ def test_ideal_gas_volume_distribution_is_exact(tmp_path):
     p_mean = np.mean([p.mean() for p in pressures])
     p_sem = np.sqrt(np.sum([block_standard_error(p) ** 2 for p in pressures])) / replicas
     assert abs(p_mean - target) < 3 * p_sem, (p_mean, p_sem)
+
+
+@pytest.mark.gpu
+def test_cuda_npt_batch_matches_cpu(tmp_path):
+    # the barostat's noise, strain and matrix exponentials on the device: the same run as on the CPU
+    model = LennardJones(["Ar"], AR_EPSILON, AR_SIGMA)
+    structures = [_argon(0.97), bulk("Ar", "fcc", a=5.3).repeat((3, 3, 3))]
+    common = dict(steps=50, seed=2, traj_interval=0, h5_interval=10, cell_dof="triclinic", **NPT)
+    run_md(structures, MLFFCalculator(model, device="cpu", dtype="float64"), output=tmp_path / "cpu", **common)
+    run_md(structures, MLFFCalculator(model, device="cuda", dtype="float64"), output=tmp_path / "gpu", **common)
+    for k in range(2):
+        for name in ("positions", "cell", "pressure"):
+            np.testing.assert_allclose(frames(tmp_path / "gpu.h5", name, k), frames(tmp_path / "cpu.h5", name, k),
+                                       rtol=1e-8, atol=1e-8, err_msg=name)
