@@ -80,7 +80,7 @@ def main() -> None:
     from ase_mlff import MLFFCalculator
     from ase_mlff.bundled import resolve_model_path
 
-    steps, rounds = (5, 2) if args.quick else (20, 5)
+    steps, rounds = (5, 2) if args.quick else (20, 7)
     atoms = water()
     calc = MLFFCalculator(resolve_model_path("water-schnet"), dtype="float32", num_threads=1)
     print(f"# {machine()}")

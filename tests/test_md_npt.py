@@ -276,6 +276,25 @@ def test_cell_blowup_is_detected_and_named(tmp_path):
         assert f["systems/0"].attrs["status"] == "blew-up" and f["systems/1/frames/step"][-1] == 100
 
 
+def test_cell_limits_volume_window_and_flattening():
+    # the checks themselves, on a state whose cell is set by hand: volume outside [V₀/8, 8 V₀] (code 6),
+    # a lattice-plane spacing below half its initial value at constant volume (code 7)
+    from ase_mlff.md.barostat import init_barostat
+    from ase_mlff.md.loop import Simulation
+    from ase_mlff.md.state import state_from_atoms
+
+    state = state_from_atoms([_argon()] * 4, torch.device("cpu"), [1, 2, 3, 4])
+    one = torch.ones(4, dtype=torch.float64)
+    init_barostat(state, one * bar, one * 100 * fs, one * 4.5e-5 / bar)
+    state.thermostat.update(max_temperature=one * 1e4, first_nonfinite_step=torch.full((4,), -1))
+    state.forces = torch.zeros_like(state.positions)
+    flatten = torch.diag(torch.tensor([0.45, 1 / 0.45 ** 0.5, 1 / 0.45 ** 0.5], dtype=torch.float64))
+    state.cell = torch.stack([state.cell[0], state.cell[1] * 2.05, state.cell[2] @ flatten, state.cell[3] * 0.49])
+    sim = Simulation.__new__(Simulation)
+    sim.state = state
+    assert sim._blowup_codes().tolist() == [0, 6, 7, 6]
+
+
 # -- slow: the mean pressure ----------------------------------------------------------------------
 @pytest.mark.slow
 def test_mean_pressure_equals_the_target_within_its_standard_error(tmp_path):
