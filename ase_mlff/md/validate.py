@@ -38,17 +38,7 @@ def check_settings(settings, ensembles, velocity_modes, cell_dofs=("isotropic",)
     if settings.ensemble == "langevin" and not settings.friction_per_fs > 0:
         raise ValueError(f"the Langevin friction must be positive, got {settings.friction_per_fs} 1/fs; "
                          "0.01 1/fs is typical")
-    if not np.isfinite(settings.pressure_bar):
-        raise ValueError(f"the target pressure must be a finite number of bar (negative is allowed), got "
-                         f"{settings.pressure_bar} bar")
-    if not (np.isfinite(settings.taup_fs) and settings.taup_fs > 0):
-        raise ValueError(f"the barostat time constant must be a finite positive number of fs, got "
-                         f"{settings.taup_fs} fs; 1000 fs is typical")
-    if not (np.isfinite(settings.compressibility_per_bar) and settings.compressibility_per_bar > 0):
-        raise ValueError(f"the compressibility must be a finite positive number per bar, got "
-                         f"{settings.compressibility_per_bar} 1/bar; 4.5e-5 1/bar is water's")
-    if settings.cell_dof not in cell_dofs:
-        raise ValueError(f"unknown cell_dof {settings.cell_dof!r}; valid: {', '.join(cell_dofs)}")
+    _check_barostat(settings, cell_dofs)
     if settings.ensemble in ("bussi", "nose-hoover", "npt") and not settings.taut_fs > 0:
         raise ValueError(f"the thermostat time constant must be positive, got {settings.taut_fs} fs; "
                          "100 fs is typical")
@@ -63,6 +53,26 @@ def check_settings(settings, ensembles, velocity_modes, cell_dofs=("isotropic",)
     if max_drift is not None and not max_drift >= 0:  # also refuses NaN
         raise ValueError(f"the NVE drift threshold (--max-drift) must be a number >= 0 meV/atom/ps, "
                          f"got {max_drift}; the default is 1.0")
+
+
+def _check_barostat(settings, cell_dofs) -> None:
+    """The NPT settings (validated for every run, as their defaults are stored with every run;
+    settings objects without them, from before NPT, pass)."""
+    pressure = getattr(settings, "pressure_bar", 1.0)
+    if not np.isfinite(pressure):
+        raise ValueError(f"the target pressure must be a finite number of bar (negative is allowed), got "
+                         f"{pressure} bar")
+    taup = getattr(settings, "taup_fs", 1.0)
+    if not (np.isfinite(taup) and taup > 0):
+        raise ValueError(f"the barostat time constant must be a finite positive number of fs, got "
+                         f"{taup} fs; 1000 fs is typical")
+    compressibility = getattr(settings, "compressibility_per_bar", 1.0)
+    if not (np.isfinite(compressibility) and compressibility > 0):
+        raise ValueError(f"the compressibility must be a finite positive number per bar, got "
+                         f"{compressibility} 1/bar; 4.5e-5 1/bar is water's")
+    cell_dof = getattr(settings, "cell_dof", cell_dofs[0])
+    if cell_dof not in cell_dofs:
+        raise ValueError(f"unknown cell_dof {cell_dof!r}; valid: {', '.join(cell_dofs)}")
 
 
 def check_npt_structure(atoms: Atoms) -> None:
