@@ -13,6 +13,9 @@ from ase import units as _ase
 fs = _ase.fs  # one femtosecond in ASE time units
 ps = 1000.0 * _ase.fs
 kB = _ase.kB  # eV/K
+bar = _ase.bar  # one bar in eV/Å³
+#: g/cm³ per amu/Å³ (density from total mass and volume)
+G_PER_CM3 = 1e24 / _ase._Nav
 
 #: Energy units a data set or model file may declare, in eV.
 ENERGY_UNITS = {

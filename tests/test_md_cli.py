@@ -68,7 +68,8 @@ def test_hdf5_schema_units_and_metadata(tmp_path, ar_files):
     with h5py.File(tmp_path / "ar.h5", "r") as f:
         assert f.attrs["format"] == "ase-mlff-md"
         assert f.attrs["status"] == "completed"
-        assert f.attrs["n_frames"] == n_frames and f.attrs["format_version"] == 2 and f.attrs["n_systems"] == 1
+        assert f.attrs["n_frames"] == n_frames and f.attrs["format_version"] == 3 and f.attrs["n_systems"] == 1
+        assert "cell" not in f["systems/0/frames"]  # a fixed cell is stored once (SCHEMA.md)
         for name, (per_atom, shape, dtype, unit) in FRAME_FIELDS_V2.items():
             ds = f["systems/0/frames"][name]
             assert ds.shape == (n_frames, *((n,) if per_atom else ()), *shape), name

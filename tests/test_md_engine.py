@@ -405,7 +405,7 @@ def test_version_1_files_stay_readable_and_restartable(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "md_v1_argon.v1.h5").exists()  # the original is kept
     with h5py.File(run) as f:
-        assert f.attrs["format_version"] == 2
+        assert f.attrs["format_version"] == 3 and "cell" not in f["systems/0/frames"]  # fixed cell: none per frame
         np.testing.assert_array_equal(f["systems/0/frames/step"][:], np.arange(0, 81, 10))
     # NVE continues the exact state: energy stays conserved across the upgrade
     total = frames(run, "total_energy")

@@ -18,7 +18,7 @@ import click
 
 from ..training.cli import _check_output_file
 from .driver import ENSEMBLES, EXIT_BLOWUP, VELOCITY_MODES
-from .settings import DEFAULTS
+from .settings import CELL_DOFS, DEFAULTS
 
 
 def _sha256(path: Path) -> str:
@@ -151,7 +151,7 @@ def _echo_result(result, quiet: bool) -> None:
 
 def _summary_table(result) -> str:
     """One line per system: status and energy-conservation or temperature figures."""
-    nve = result.settings.ensemble == "nve"
+    nve = result.settings.ensemble in ("nve", "npt")  # NPT is judged on its effective energy
     width = max(6, *(len(s["label"]) for s in result.systems))
     head = (f"{'system':<{width}} {'atoms':>6} {'status':<10} "
             + (f"{'drift[meV/atom/ps]':>19} {'verdict':<9}" if nve else f"{'T_mean[K]':>10} {'T_std[K]':>9}"))
@@ -183,7 +183,16 @@ def _summary_table(result) -> str:
 @click.option("--friction", "friction_per_fs", type=float, default=DEFAULTS.friction_per_fs, show_default=True,
               help="Langevin friction in 1/fs.")
 @click.option("--taut-fs", type=float, default=DEFAULTS.taut_fs, show_default=True,
-              help="Bussi / Nosé-Hoover time constant in fs.")
+              help="Bussi / Nosé-Hoover time constant in fs (also the thermostat of npt).")
+@click.option("--pressure-bar", type=float, default=DEFAULTS.pressure_bar, show_default=True,
+              help="NPT target pressure in bar (negative: tension).")
+@click.option("--taup-fs", type=float, default=DEFAULTS.taup_fs, show_default=True,
+              help="NPT barostat (stochastic cell rescaling) time constant in fs.")
+@click.option("--compressibility-per-bar", type=float, default=DEFAULTS.compressibility_per_bar,
+              show_default=True, help="Compressibility the barostat assumes, 1/bar (sets its rate, not the "
+              "volume distribution; water: 4.5e-5).")
+@click.option("--cell-dof", type=click.Choice(CELL_DOFS), default=DEFAULTS.cell_dof, show_default=True,
+              help="NPT cell degrees of freedom: volume only, three lengths, or a full symmetric deformation.")
 @click.option("--steps", type=int, default=None, help=f"Total number of steps [default: {DEFAULTS.steps}; "
               "with --restart, the original run's total].")
 @click.option("--replicas", type=int, default=1, show_default=True,
@@ -215,14 +224,16 @@ def _summary_table(result) -> str:
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: by system size].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
 @click.pass_context
-def run(ctx, structures, model, ensemble, timestep_fs, temperature_K, friction_per_fs, taut_fs, steps,
-        replicas, seed, velocities, output, overwrite, restart, traj_interval, h5_interval, log_interval,
+def run(ctx, structures, model, ensemble, timestep_fs, temperature_K, friction_per_fs, taut_fs, pressure_bar,
+        taup_fs, compressibility_per_bar, cell_dof, steps, replicas, seed, velocities, output, overwrite, restart,
+        traj_interval, h5_interval, log_interval,
         flush_every, max_drift, compile_model, device, dtype, threads, quiet):
     """Run molecular dynamics on STRUCTURES (files, file@frame or file@slice), all in one batch.
 
     \b
     mlff-md run ethanol.xyz --steps 10000
     mlff-md run ethanol.xyz --replicas 256 --ensemble langevin
+    mlff-md run water.xyz --ensemble npt --pressure-bar 1 --taup-fs 1000
     mlff-md run a.xyz b.cif frames.extxyz@: -m model.pt
     mlff-md run --restart simulation.h5 --steps 20000
     """
@@ -277,7 +288,9 @@ def run(ctx, structures, model, ensemble, timestep_fs, temperature_K, friction_p
                 result = run_md(
                     atoms_list, calculator, ensemble=ensemble, timestep_fs=timestep_fs,
                     temperature_K=temperature_K, friction_per_fs=friction_per_fs, taut_fs=taut_fs,
-                    steps=DEFAULTS.steps if steps is None else steps, seed=seed, velocities=velocities,
+                    pressure_bar=pressure_bar, taup_fs=taup_fs, compressibility_per_bar=compressibility_per_bar,
+                    cell_dof=cell_dof, steps=DEFAULTS.steps if steps is None else steps, seed=seed,
+                    velocities=velocities,
                     replicas=replicas, labels=labels if len(labels) > 1 or replicas > 1 else None,
                     output=output, overwrite=overwrite, traj_interval=traj_interval,
                     h5_interval=h5_interval, log_interval=log_interval, flush_every=flush_every,
@@ -312,7 +325,8 @@ def _blowup_exit(message: str):
 
 
 #: options fixed by the original run (a restart reads them from the HDF5 file)
-_RUN_SETTINGS = ("ensemble", "timestep_fs", "temperature_K", "friction_per_fs", "taut_fs", "seed",
+_RUN_SETTINGS = ("ensemble", "timestep_fs", "temperature_K", "friction_per_fs", "taut_fs", "pressure_bar",
+                 "taup_fs", "compressibility_per_bar", "cell_dof", "seed",
                  "velocities", "output", "overwrite", "traj_interval", "h5_interval", "log_interval",
                  "flush_every", "replicas")
 
@@ -369,7 +383,8 @@ def _restart(restart, structures, model, steps, max_drift, ctx, device, dtype, t
 @click.option("--plot", "png", type=click.Path(dir_okay=False), default=None,
               help="Write a PNG of energies and temperature against time (of --system, default 0).")
 def report(h5file, system, max_drift, png):
-    """Energy conservation (NVE) or temperature statistics of a run's HDF5 file."""
+    """Energy conservation (NVE; NPT: of the effective energy, with pressure and density) or
+    temperature statistics of a run's HDF5 file."""
     from .h5 import n_systems, read_metadata, read_system_attrs
     from .report import plot, report_from_h5
 

@@ -27,8 +27,9 @@ from ase import Atoms
 
 from .. import units
 from ..files import atomic_write
+from .barostat import init_barostat
 from .forcefield import ForceField
-from .h5 import read_checkpoint
+from .h5 import FORMAT_VERSION, read_checkpoint
 from .integrators import Integrator, init_thermostat
 from .lock import OutputLock
 from .loop import Simulation, with_signals
@@ -36,7 +37,7 @@ from .noise import system_seeds
 from .report import run_report
 from .settings import DEFAULTS, ENSEMBLES, VELOCITY_MODES, MDSettings
 from .state import MDState, fixed_atoms, max_radius, state_from_atoms
-from .validate import check_structure
+from .validate import check_npt_structure, check_structure
 from .velocities import maxwell_boltzmann
 from .writers import Outputs, all_paths, output_paths, system_infos
 
@@ -108,7 +109,7 @@ def _as_calculator(calculator):
                     "MLFFCalculator or an ase_mlff Potential (for other ASE calculators use ASE's integrators)")
 
 
-def _force_field(calc, compile: bool | None, n_atoms: int) -> ForceField:
+def _force_field(calc, compile: bool | None, n_atoms: int, stress: bool = False) -> ForceField:
     if calc.device.type == "cpu":  # the calculator's size-aware default (see ase_mlff.threads)
         from ..threads import set_threads
 
@@ -117,7 +118,8 @@ def _force_field(calc, compile: bool | None, n_atoms: int) -> ForceField:
     backend = calc.parameters.get("neighbor_backend", "auto")
     want = bool(getattr(calc, "compile", False)) if compile is None else bool(compile)
     evaluator = getattr(calc, "evaluator", None) if want and getattr(calc, "compile", False) else None
-    return ForceField(calc.model, skin=skin, backend=backend, compile=want, evaluator=evaluator, dtype=calc.dtype)
+    return ForceField(calc.model, skin=skin, backend=backend, compile=want, evaluator=evaluator, dtype=calc.dtype,
+                      stress=stress)
 
 
 def _targets(value, n: int, name: str) -> torch.Tensor:
@@ -185,7 +187,9 @@ def _claim_outputs(paths: dict, overwrite: bool) -> OutputLock:
 
 def run_md(structures: Atoms | Sequence[Atoms], calculator=None, *, ensemble: str = DEFAULTS.ensemble,
            timestep_fs: float = DEFAULTS.timestep_fs, temperature_K=DEFAULTS.temperature_K,
-           friction_per_fs=DEFAULTS.friction_per_fs, taut_fs=DEFAULTS.taut_fs, steps: int = DEFAULTS.steps,
+           friction_per_fs=DEFAULTS.friction_per_fs, taut_fs=DEFAULTS.taut_fs, pressure_bar=DEFAULTS.pressure_bar,
+           taup_fs=DEFAULTS.taup_fs, compressibility_per_bar=DEFAULTS.compressibility_per_bar,
+           cell_dof: str = DEFAULTS.cell_dof, steps: int = DEFAULTS.steps,
            seed: int | None = None, velocities: str = DEFAULTS.velocities, replicas: int = 1,
            labels: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
            output: str | os.PathLike = "simulation", overwrite: bool = False,
@@ -202,7 +206,14 @@ def run_md(structures: Atoms | Sequence[Atoms], calculator=None, *, ensemble: st
         ensemble: one of :data:`ENSEMBLES`.
         timestep_fs: fs. temperature_K: K, one value or one per system (initial velocities
             and thermostat target). friction_per_fs: Langevin friction, 1/fs (one or per system).
-        taut_fs: Bussi / Nosé-Hoover time constant, fs (one or per system).
+        taut_fs: Bussi / Nosé-Hoover time constant, fs (one or per system); also NPT's thermostat.
+        pressure_bar: NPT target pressure, bar (one or per system; negative allowed).
+        taup_fs: NPT barostat time constant, fs (one or per system).
+        compressibility_per_bar: the compressibility β_T the barostat assumes, 1/bar (one or per
+            system); it sets the barostat's rate with ``taup_fs``, not the volume distribution.
+        cell_dof: NPT cell degrees of freedom: "isotropic" (volume only), "anisotropic" (three
+            lengths) or "triclinic" (the six components of a symmetric deformation); see
+            :mod:`ase_mlff.md.barostat`.
         steps: total number of steps.
         seed: run seed; system k's noise seed is derived from (seed, k) unless ``seeds`` gives
             them. None draws one (stored in the HDF5 file).
@@ -233,6 +244,8 @@ def run_md(structures: Atoms | Sequence[Atoms], calculator=None, *, ensemble: st
     extra = {} if max_drift is None else {"max_drift_meV_per_atom_per_ps": float(max_drift)}
     settings = MDSettings(ensemble=ensemble, timestep_fs=timestep_fs, temperature_K=float(np.mean(temperature_K)),
                           friction_per_fs=float(np.mean(friction_per_fs)), taut_fs=float(np.mean(taut_fs)),
+                          pressure_bar=float(np.mean(pressure_bar)), taup_fs=float(np.mean(taup_fs)),
+                          compressibility_per_bar=float(np.mean(compressibility_per_bar)), cell_dof=cell_dof,
                           steps=int(steps), seed=int(seed), velocities=velocities, traj_interval=int(traj_interval),
                           h5_interval=int(h5_interval), log_interval=int(log_interval),
                           flush_every=int(flush_every), **extra)
@@ -247,6 +260,8 @@ def run_md(structures: Atoms | Sequence[Atoms], calculator=None, *, ensemble: st
         prefix = f"{label}: " if n > 1 else ""
         try:
             check_structure(atoms, settings.timestep_fs)
+            if settings.ensemble == "npt":
+                check_npt_structure(atoms)
             model.check_numbers(sorted(set(atoms.numbers.tolist())))
             calc.warn_outside_training(atoms)  # OutOfTrainingWarning, once per composition
             fixed_atoms(atoms, "")
@@ -262,6 +277,16 @@ def run_md(structures: Atoms | Sequence[Atoms], calculator=None, *, ensemble: st
     temperature = _targets(temperature_K, n, "temperature_K")
     friction = _targets(friction_per_fs, n, "friction_per_fs") / units.fs
     taut = _targets(taut_fs, n, "taut_fs") * units.fs
+    pressure = _targets(pressure_bar, n, "pressure_bar")
+    taup = _targets(taup_fs, n, "taup_fs")
+    compressibility = _targets(compressibility_per_bar, n, "compressibility_per_bar")
+    for name, values, positive in (("pressure_bar", pressure, False), ("taup_fs", taup, True),
+                                   ("compressibility_per_bar", compressibility, True)):
+        bad = ~torch.isfinite(values) | ((values <= 0) if positive else torch.zeros_like(values, dtype=torch.bool))
+        if bool(bad.any()):
+            k = int(torch.nonzero(bad)[0])
+            raise ValueError(f"{name} of system {k} is {float(values[k])}; it must be finite"
+                             + (" and positive" if positive else ""))
 
     paths = output_paths(output, n)
     lock = _claim_outputs(paths, overwrite)
@@ -271,7 +296,10 @@ def run_md(structures: Atoms | Sequence[Atoms], calculator=None, *, ensemble: st
         init_thermostat(state, settings.ensemble, units.kB * temperature.to(calc.device),
                         friction.to(calc.device), taut.to(calc.device))
         _limits(state, temperature, model.cutoff)
-        force_field = _force_field(calc, compile, int(state.positions.shape[0]))
+        if settings.ensemble == "npt":
+            init_barostat(state, (pressure * units.bar).to(calc.device), (taup * units.fs).to(calc.device),
+                          (compressibility / units.bar).to(calc.device))
+        force_field = _force_field(calc, compile, int(state.positions.shape[0]), settings.ensemble == "npt")
         compiles_now = not getattr(force_field.evaluator, "ready", True)
         force_field(state)  # a compiled model compiles here, before the timed loop
         meta = {**(metadata or {}), **settings.as_dict(), "n_systems": n,
@@ -286,18 +314,24 @@ def run_md(structures: Atoms | Sequence[Atoms], calculator=None, *, ensemble: st
             meta["model_file"] = str(model.source)
         attrs = [{"formula": a.get_chemical_formula(), "temperature_K": float(t), "max_radius_A": float(r)}
                  for a, t, r in zip(structures, temperature.tolist(), state.thermostat["max_radius"].tolist())]
+        if settings.ensemble == "npt":
+            for a, p in zip(attrs, pressure.tolist()):
+                a["pressure_bar"] = float(p)
         infos = system_infos(structures, labels, [fixed_atoms(a, lab) for a, lab in zip(structures, labels)],
                              state.dof.tolist(), seeds, attrs)
         templates = [_template(a) for a in structures]
         outputs = Outputs(paths, templates, infos, meta, settings, "w", settings.timestep_fs)
         outputs.log_header(meta, None)
-        sim = Simulation(state, force_field, Integrator(settings.ensemble, settings.timestep_fs * units.fs),
-                         settings, outputs, labels, progress)
+        sim = Simulation(state, force_field, _integrator(settings), settings, outputs, labels, progress)
         sim.observe()  # step 0
         sim.compile_s = force_field.evaluator.seconds if compiles_now else None
         return _execute(sim, handle_signals, paths, settings)
     finally:
         lock.release()
+
+
+def _integrator(settings: MDSettings) -> Integrator:
+    return Integrator(settings.ensemble, settings.timestep_fs * units.fs, settings.cell_dof)
 
 
 def _template(atoms: Atoms) -> Atoms:
@@ -358,7 +392,8 @@ def _reports(writer, sim: Simulation, settings: MDSettings, status: str) -> list
         if status == "completed" and entry["status"] in ("running", "completed"):
             try:
                 report = run_report(settings.ensemble, frames, entry["n_atoms"], float(group.attrs["temperature_K"]),
-                                    settings.max_drift_meV_per_atom_per_ps)
+                                    settings.max_drift_meV_per_atom_per_ps, group.attrs.get("pressure_bar"),
+                                    float(np.sum(group["masses"][()])))
             except ValueError as error:  # too few frames to judge
                 entry["note"] = f"no report: {error}"
             else:
@@ -403,7 +438,7 @@ def restart_md(h5_path: str | os.PathLike, calculator, *, steps: int | None = No
             from .h5 import upgrade_version_1
 
             backup = upgrade_version_1(h5_path)
-            notes.append(f"upgraded {h5_path} from format version 1 to 2 (original kept as {backup})")
+            notes.append(f"upgraded {h5_path} from format version 1 to {FORMAT_VERSION} (original kept as {backup})")
             state_dict = read_checkpoint(h5_path)
         meta = state_dict["metadata"]
         settings = MDSettings.from_metadata(meta)
@@ -440,8 +475,10 @@ def restart_md(h5_path: str | os.PathLike, calculator, *, steps: int | None = No
                             for k, v in state_dict["thermostat"].items()}
         state.thermostat.setdefault("first_nonfinite_step", torch.full((len(active),), -1, dtype=torch.long,
                                                                         device=calc.device))
+        if state_dict.get("checkpoint_cell") is not None:  # NPT: the cell of the checkpoint
+            state.cell = torch.from_numpy(state_dict["checkpoint_cell"]).to(calc.device)
         state.step = start
-        force_field = _force_field(calc, compile, int(state.positions.shape[0]))
+        force_field = _force_field(calc, compile, int(state.positions.shape[0]), settings.ensemble == "npt")
         compiles_now = not getattr(force_field.evaluator, "ready", True)
         force_field(state)
         for k in active:
@@ -473,8 +510,7 @@ def restart_md(h5_path: str | os.PathLike, calculator, *, steps: int | None = No
         for note in notes:
             outputs.note(note)
         all_labels = [str(outputs.h5.systems[k].attrs["label"]) for k in range(count)]
-        sim = Simulation(state, force_field, Integrator(settings.ensemble, settings.timestep_fs * units.fs),
-                         settings, outputs, all_labels, progress)
+        sim = Simulation(state, force_field, _integrator(settings), settings, outputs, all_labels, progress)
         sim.compile_s = force_field.evaluator.seconds if compiles_now else None
         for k in range(count):
             if k not in active:

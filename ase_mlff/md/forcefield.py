@@ -12,6 +12,21 @@ model sees, and their order, depend only on the current positions, not on
 when or with which other systems a list was built. Restarts therefore
 repeat the uninterrupted run bit for bit.
 
+When the cell deforms (NPT, ``deforming=True``), a list built at positions
+r⁰ and cell h⁰ stays exact while every pair that was beyond cutoff + skin is
+still beyond the cutoff. With F = (h⁰)⁻¹h the cell's deformation since the
+build and u_i = r_i − r⁰_i F each atom's displacement beyond the affine one,
+every pair vector (images included: the integer shifts are fixed) is
+d' = d⁰F + u_j − u_i, hence
+
+    |d'| ≥ σ_min(F) |d⁰| − 2 max|u| ≥ σ_min(F)(r_c + s) − 2 max|u|
+
+with σ_min(F)² the smallest eigenvalue of FᵀF. A system is rebuilt when
+max|u| > (σ_min(F)(r_c + s) − r_c) / 2; for F = 1 this is the skin/2 rule.
+An expanding cell (σ_min > 1) only widens the margin. Pairs that came
+closer are in the list already; those now beyond the
+cutoff are dropped before the model sees them (always, in this mode).
+
 Per step the host learns one flag (did any system move far enough to need
 a rebuild?); everything else stays on the device.
 """
@@ -45,12 +60,16 @@ class BatchedNeighbors:
     Args:
         cutoff: the model's cutoff, Å. skin: Å (0: rebuild every step).
         backend: neighbor-list backend (see :mod:`ase_mlff.neighbors`).
+        deforming: the cells change between calls (module doc: the rebuild rule then
+            bounds the affine change of every pair as well as the displacements).
     """
 
-    def __init__(self, cutoff: float, skin: float = 1.0, backend: str = "auto"):
+    def __init__(self, cutoff: float, skin: float = 1.0, backend: str = "auto", deforming: bool = False):
         if not skin >= 0:
             raise ValueError(f"skin must be >= 0 Å, got {skin}")
         self.cutoff, self.skin = float(cutoff), float(skin)
+        self.deforming = bool(deforming)
+        self.reference_cell: torch.Tensor | None = None  # [B, 3, 3] cells at each system's build
         self.wide = NeighborList(self.cutoff + self.skin, backend)
         self.reference: torch.Tensor | None = None  # [N, 3] positions at each system's build
         self.edge_index: torch.Tensor | None = None  # [2, E] wide list, canonical order
@@ -70,10 +89,7 @@ class BatchedNeighbors:
         if self.reference is None:
             self._rebuild(state, torch.ones(state.n_systems, dtype=torch.bool, device=state.device))
         else:
-            moved = (positions - self.reference).square().sum(1)
-            per_system = torch.zeros(state.n_systems, dtype=moved.dtype, device=moved.device)
-            per_system.scatter_reduce_(0, state.system, moved, "amax", include_self=False)
-            stale = ~(per_system <= (0.5 * self.skin) ** 2)  # NaN (a blown-up system) counts as moved
+            stale = self._stale(state)
             if self.skin == 0 or bool(stale.any()):  # the one host sync of a step
                 self._rebuild(state, stale if self.skin > 0 else torch.ones_like(stale))
         n = Neighbors(self.edge_index, self.shifts, self.periodic)
@@ -82,6 +98,22 @@ class BatchedNeighbors:
         vectors = edge_vectors(positions, state.cell, state.system, n)
         inside = vectors.square().sum(1) < self.cutoff ** 2
         return Neighbors(n.edge_index[:, inside], n.shifts[inside], n.periodic)
+
+    def _stale(self, state: MDState) -> torch.Tensor:
+        """[B] bool: systems whose list may miss a pair (module doc); NaN counts as stale."""
+        if self.deforming:
+            deformation = torch.linalg.solve(self.reference_cell, state.cell)  # F = (h⁰)⁻¹ h, [B, 3, 3]
+            affine = torch.bmm(self.reference.unsqueeze(1), deformation[state.system]).squeeze(1)
+            moved = (state.positions - affine).square().sum(1)
+            gram = torch.bmm(deformation.transpose(1, 2), deformation)
+            sigma_min = torch.linalg.eigvalsh(gram)[:, 0].clamp(min=0.0).sqrt()  # [B]
+            allowed = 0.5 * (sigma_min * (self.cutoff + self.skin) - self.cutoff)  # Å, the largest max |u|
+        else:
+            moved = (state.positions - self.reference).square().sum(1)
+            allowed = torch.full((state.n_systems,), 0.5 * self.skin, dtype=moved.dtype, device=moved.device)
+        per_system = torch.zeros(state.n_systems, dtype=moved.dtype, device=moved.device)
+        per_system.scatter_reduce_(0, state.system, moved, "amax", include_self=False)
+        return ~((per_system <= allowed.square()) & (allowed > 0))
 
     def _rebuild(self, state: MDState, stale: torch.Tensor) -> None:
         """New lists for the ``stale`` systems [B]; the others keep theirs.
@@ -117,12 +149,14 @@ class BatchedNeighbors:
         shifts = torch.cat(parts_shift) if parts_shift else torch.zeros((0, 3), dtype=torch.long, device=device)
         if keep is None:
             self.reference = state.positions.clone()
+            self.reference_cell = state.cell.clone()
         else:
             self.reference = torch.where(stale[state.system].unsqueeze(1), state.positions, self.reference)
+            self.reference_cell = torch.where(stale.view(-1, 1, 1), state.cell, self.reference_cell)
         self.near = near if keep is None else torch.where(stale, near, self.near)
         order = _canonical(edge_index, shifts, state.positions.shape[0])
         self.edge_index, self.shifts, self.periodic = edge_index[:, order], shifts[order], periodic
-        self._needs_filter = self.skin > 0 and bool(self.near.any())
+        self._needs_filter = self.skin > 0 and (self.deforming or bool(self.near.any()))
 
     def _build(self, batch: Batch):
         n = self.wide(batch) if self.skin > 0 else NeighborList(self.cutoff, self.wide.backend)(batch)
@@ -143,6 +177,8 @@ class ForceField:
     Args:
         model: an ase_mlff ``Potential`` (its dtype and device are the network's).
         skin, backend: see :class:`BatchedNeighbors`.
+        stress: also set ``state.stress`` [B, 3, 3] eV/Å³ (same autograd call) and let the
+            cells deform between calls (NPT).
         compile: evaluate the network under ``torch.compile`` (dynamic atom and
             edge counts); falls back to eager with one warning where compilation fails.
         evaluator: an already compiled model to use (the calculator's).
@@ -150,9 +186,10 @@ class ForceField:
     """
 
     def __init__(self, model, skin: float = 1.0, backend: str = "auto", compile: bool = False,
-                 evaluator=None, dtype: torch.dtype | None = None):
+                 evaluator=None, dtype: torch.dtype | None = None, stress: bool = False):
         self.model = model
-        self.neighbors = BatchedNeighbors(model.cutoff, skin, backend)
+        self.stress = bool(stress)
+        self.neighbors = BatchedNeighbors(model.cutoff, skin, backend, deforming=self.stress)
         self.evaluator = evaluator if evaluator is not None else (compiled(model) if compile else model)
         from ..forces import model_dtype
 
@@ -167,6 +204,9 @@ class ForceField:
         forces = output.forces.to(torch.float64)
         state.forces = forces * state.free.unsqueeze(1)
         state.energy = output.energy.to(torch.float64).detach()
+        if self.stress:
+            state.stress = output.stress.to(torch.float64).detach()
 
     def _evaluate(self, batch: Batch, neighbors: Neighbors):
-        return evaluate(self.evaluator, lambda m: compute(m, batch, neighbors, forces=True, dtype=self.dtype))
+        return evaluate(self.evaluator, lambda m: compute(m, batch, neighbors, forces=True, stress=self.stress,
+                                                          dtype=self.dtype))

@@ -1,6 +1,9 @@
 """HDF5 output of an MD run (format ``ase-mlff-md``): writer and readers.
 
-Version 2 (written now) holds many systems: one group ``/systems/<k>`` per
+Version 3 (written now) is version 2 plus, for NPT runs, the per-frame cell
+series ``frames/cell``, ``volume`` and ``pressure`` and the cell in each
+checkpoint slot; runs with a fixed cell write no cell series (the cell is
+the one stored once per system). Version 2 holds many systems: one group ``/systems/<k>`` per
 system, each with the layout a version-1 file had at its root (``frames/*``,
 ``numbers``, ``masses``, ``cell``, ``pbc``, plus ``fixed`` and the system's
 status and report), the run's settings as root attributes, and one restart
@@ -30,7 +33,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ..units import fs
 
 FORMAT = "ase-mlff-md"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 #: per-frame datasets: name -> (per-atom?, trailing shape, dtype, units)
 FRAME_FIELDS = {
@@ -46,6 +49,16 @@ FRAME_FIELDS = {
 }
 #: version 2 adds the conserved energy of thermostatted runs
 FRAME_FIELDS_V2 = {**FRAME_FIELDS, "conserved_energy": (False, (), np.float64, "eV")}
+#: version 3 adds, for NPT runs only, each frame's cell, volume and instantaneous pressure
+#: (kinetic term included, see ase_mlff/md/barostat.py)
+CELL_FIELDS = {"cell": (False, (3, 3), np.float64, "Å"), "volume": (False, (), np.float64, "Å^3"),
+               "pressure": (False, (), np.float64, "eV/Å^3")}
+FRAME_FIELDS_V3 = {**FRAME_FIELDS_V2, **CELL_FIELDS}
+
+
+def _fields(frames_group) -> dict:
+    """The per-frame datasets a file's ``frames`` group holds (v2 and v3 without cell series: FRAME_FIELDS_V2)."""
+    return {name: spec for name, spec in FRAME_FIELDS_V3.items() if name in frames_group}
 
 
 def _chunk_rows(n_atoms: int) -> int:
@@ -75,7 +88,7 @@ class _Frames:
         self.group, self.n_atoms = group, n_atoms
         self.n_frames = int(group["step"].shape[0])
         self.buffers = {name: np.empty((flush_every, *((n_atoms,) if per_atom else ()), *shape), dtype)
-                        for name, (per_atom, shape, dtype, _) in FRAME_FIELDS_V2.items()}
+                        for name, (per_atom, shape, dtype, _) in _fields(group).items()}
         self.n_buffered = 0
 
     def append(self, row: dict) -> None:
@@ -97,7 +110,7 @@ class _Frames:
 
 
 class H5Writer:
-    """Append the frames of many systems to a version-2 file.
+    """Append the frames of many systems to a version-3 file (or continue a version-2 one).
 
     Args:
         path: file to create (mode "w") or continue (mode "a").
@@ -105,13 +118,15 @@ class H5Writer:
         metadata: run metadata, root attributes (dicts and lists as JSON).
         flush_every: frames collected in memory before they are written and flushed.
         flush_seconds: also flush when this much wall time passed since the last flush.
+        cell_series: create the per-frame ``cell``, ``volume`` and ``pressure`` (NPT; mode "w").
     """
 
     def __init__(self, path: str | os.PathLike, systems: list[SystemInfo] | None, metadata: dict,
-                 flush_every: int = 100, flush_seconds: float = 30.0, mode: str = "w"):
+                 flush_every: int = 100, flush_seconds: float = 30.0, mode: str = "w", cell_series: bool = False):
         import h5py
 
         self.path = Path(path)
+        self.cell_series = bool(cell_series)
         self.flush_every = int(flush_every)
         self.flush_seconds = float(flush_seconds)
         if mode == "w":
@@ -152,7 +167,8 @@ class H5Writer:
                 g.attrs[key] = _attr(value)
             frames = g.create_group("frames")
             rows = _chunk_rows(n)
-            for name, (per_atom, shape, dtype, units) in FRAME_FIELDS_V2.items():
+            for name, (per_atom, shape, dtype, units) in (FRAME_FIELDS_V3 if self.cell_series
+                                                          else FRAME_FIELDS_V2).items():
                 tail = ((n,) if per_atom else ()) + shape
                 ds = frames.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
                                            chunks=(rows if per_atom else 4096, *tail))
@@ -160,7 +176,7 @@ class H5Writer:
         f.flush()
 
     def append(self, system: int, row: dict) -> None:
-        """Buffer one frame of ``system`` (a dict with every FRAME_FIELDS_V2 name; arrays copied)."""
+        """Buffer one frame of ``system`` (a dict with every name of the file's frame fields; arrays copied)."""
         frames = self.frames[system]
         if frames.n_buffered == self.flush_every:
             frames.write()  # a system recorded more often than the others flush: never overflow
@@ -177,8 +193,9 @@ class H5Writer:
 
         Args:
             checkpoint: ``step``, ``systems`` [B] (running systems), ``positions``
-                and ``momenta`` [N, 3] (ASE units) and ``thermostat`` (name -> array)
-                describing the state right after the last buffered frame.
+                and ``momenta`` [N, 3] (ASE units), ``thermostat`` (name -> array) and,
+                for NPT, ``cell`` [B, 3, 3] Å, describing the state right after the last
+                buffered frame.
         """
         for frames, group in zip(self.frames, self.systems):
             frames.write()
@@ -206,6 +223,8 @@ class H5Writer:
         slot.create_dataset("positions", data=np.asarray(state["positions"], dtype=np.float64)).attrs["units"] = "Å"
         slot.create_dataset("momenta", data=np.asarray(state["momenta"], dtype=np.float64)).attrs["units"] = \
             "ASE (amu·Å/ASE time)"
+        if state.get("cell") is not None:
+            slot.create_dataset("cell", data=np.asarray(state["cell"], dtype=np.float64)).attrs["units"] = "Å"
         thermostat = slot.create_group("thermostat")
         for key, value in (state.get("thermostat") or {}).items():
             thermostat.create_dataset(key, data=np.asarray(value))
@@ -239,7 +258,7 @@ class H5Writer:
             steps = frames.group["step"][:]
             keep = int(np.searchsorted(steps, step, side="right"))
             if keep < frames.n_frames:
-                for name in FRAME_FIELDS_V2:
+                for name in _fields(frames.group):
                     frames.group[name].resize(keep, axis=0)
                 frames.n_frames = keep
                 self.systems[k].attrs["n_frames"] = keep
@@ -360,14 +379,28 @@ def read_system_attrs(path: str | os.PathLike, system: int = 0) -> dict:
 def read_series(path: str | os.PathLike, system: int = 0,
                 names=("step", "time", "potential_energy", "kinetic_energy", "total_energy",
                        "temperature")) -> dict:
-    """Per-frame scalar series (and ``n_atoms``, ``metadata``, ``system``, ``report``) of one system."""
+    """Per-frame series of one system, and ``n_atoms``, ``mass_amu``, ``metadata``, ``system``, ``report``.
+
+    Besides ``names``: ``conserved_energy`` (eV, versions 2 and 3), ``cell`` [F, 3, 3] Å and
+    ``volume`` [F] Å³ (every file: an NPT run's stored series, else the fixed cell repeated;
+    the volume of a cell that does not span 3-D is 0), and ``pressure`` [F] eV/Å³ (NPT runs only,
+    kinetic term included).
+    """
     with _open(path) as f:
         def read():
             group = _system_group(f, path, system)
-            series = {name: group["frames"][name][:] for name in names}
-            if "conserved_energy" in group["frames"]:
-                series["conserved_energy"] = group["frames"]["conserved_energy"][:]
+            frames = group["frames"]
+            series = {name: frames[name][:] for name in names}
+            for name in ("conserved_energy", "cell", "volume", "pressure"):
+                if name in frames:
+                    series[name] = frames[name][:]
+            if "cell" not in series:
+                n = frames["step"].shape[0]
+                cell = np.asarray(group["cell"][()], dtype=np.float64)
+                series["cell"] = np.broadcast_to(cell, (n, 3, 3)).copy()
+                series["volume"] = np.full(n, abs(float(np.linalg.det(cell))))
             series["n_atoms"] = int(group["numbers"].shape[0])
+            series["mass_amu"] = float(np.sum(group["masses"][()]))
             series["metadata"] = _attrs(f)
             series["system"] = _attrs(group) if group is not f else {}
             series["report"] = _attrs(group["report"]) if "report" in group else {}
@@ -380,7 +413,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
     Keys: step, systems [B], positions, momenta [N, 3], thermostat (dict of
     arrays; version 1: its JSON dict), rng_state (version 1 only), metadata,
-    and per system: numbers, masses, cell, pbc, fixed (lists over ``systems``).
+    checkpoint_cell ([B, 3, 3] Å of an NPT run's checkpoint, else None),
+    and per system: numbers, masses, cell (as first stored), pbc, fixed (lists over ``systems``).
     """
     with _open(path) as f:
         def read():
@@ -391,7 +425,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             version = format_version(f)
             _check_layout(f, path, version)
             state = {"step": int(group.attrs["step"]), "positions": group["positions"][:],
-                     "momenta": group["momenta"][:], "metadata": _attrs(f), "version": version}
+                     "momenta": group["momenta"][:], "metadata": _attrs(f), "version": version,
+                     "checkpoint_cell": group["cell"][()] if "cell" in group else None}
             if version < 2:
                 state["systems"] = np.array([0])
                 state["rng_state"] = json.loads(group.attrs["rng_state"])
@@ -443,6 +478,8 @@ def read_frames(path: str | os.PathLike, index=slice(None), system: int = 0) -> 
             consts["fixed"] = group["fixed"][()] if "fixed" in group else np.zeros(0, dtype=np.int64)
             lo, hi = min(rows), max(rows) + 1  # one contiguous read, then pick
             data = {name: frames[name][lo:hi] for name in FRAME_FIELDS}
+            if "cell" in frames:  # NPT: each frame's own cell
+                data["cell"] = frames["cell"][lo:hi]
             return rows, (lo, consts, data)
         rows, payload = _guard(path, read)
     if not rows:
@@ -451,8 +488,8 @@ def read_frames(path: str | os.PathLike, index=slice(None), system: int = 0) -> 
     images = []
     for row in rows:
         k = row - lo
-        atoms = Atoms(numbers=consts["numbers"], positions=data["positions"][k], cell=consts["cell"],
-                      pbc=consts["pbc"])
+        cell = data["cell"][k] if "cell" in data else consts["cell"]
+        atoms = Atoms(numbers=consts["numbers"], positions=data["positions"][k], cell=cell, pbc=consts["pbc"])
         atoms.set_masses(consts["masses"])
         atoms.set_velocities(data["velocities"][k] / fs)  # Å/fs -> Å per ASE time unit
         if len(consts["fixed"]):
@@ -469,7 +506,8 @@ def read_frames(path: str | os.PathLike, index=slice(None), system: int = 0) -> 
 
 
 def upgrade_version_1(path: str | os.PathLike) -> Path:
-    """Rewrite a version-1 run file as version 2 so that ``--restart`` can continue it.
+    """Rewrite a version-1 run file in the current version (its layout is version 2's: no
+    cell series, the cell being fixed) so that ``--restart`` can continue it.
 
     The original is kept beside it as ``<name>.v1.h5`` (returned); the new file
     replaces it atomically. Frames, metadata and the report are carried over;

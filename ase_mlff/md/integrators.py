@@ -57,6 +57,25 @@ p ← p e^{−δ p₁/Q₁}; then back up the chain           δ = dt/2
 H' = E_pot + K + Σ p_j²/2Q_j + N_f k_B T η₁          ``work`` holds −(the thermostat
      + k_B T Σ_{j≥2} η_j (conserved)                terms) so E_pot + K − work = H'
 ============================================  =================================
+
+NPT (:mod:`.barostat`, stochastic cell rescaling) with the Bussi thermostat,
+one force call per step:
+
+============================================  =================================
+Bussi rescaling over dt (as above)            ``_bussi_rescale``
+p ← p + (dt/2) F(r)                           ``npt_step``
+e from P(r, p), σ(r) (exact: forces, stress   ``barostat.strain_increment``
+  and momenta all belong to these positions)
+h ← h e^e, r ← r e^e, p ← p e^{−e}            ``barostat.deform``
+r ← r + dt p / m;  F, U, σ at the new r, h    ``force_field(state)``
+p ← p + (dt/2) F                              work += ΔK + ΔU + P₀ΔV of the deformation
+============================================  =================================
+
+The barostat acts where the stress of the current positions is known, right
+after the first kick; a palindromic placement (barostat half steps at both
+ends of the step) would use either a stress or forces of positions that have
+since been deformed, with one force call per step. Both are first order in
+dt for the cell (Euler-Maruyama), as is the stochastic cell equation itself.
 """
 
 from __future__ import annotations
@@ -109,6 +128,12 @@ def langevin_baoab(state: MDState, force_field, dt: float) -> None:
 
 
 def bussi(state: MDState, force_field, dt: float) -> None:
+    _bussi_rescale(state, dt)
+    velocity_verlet(state, force_field, dt)
+
+
+def _bussi_rescale(state: MDState, dt: float) -> None:
+    """Bussi's stochastic rescaling of the momenta over ``dt`` (work accumulated)."""
     kinetic = kinetic_energy(state)  # [B]
     dof = state.dof
     target = 0.5 * dof * state.thermostat["kT"]
@@ -127,7 +152,6 @@ def bussi(state: MDState, force_field, dt: float) -> None:
     alpha = torch.where(kinetic > 0, torch.sqrt(new.clamp(min=0.0) / safe), torch.ones_like(kinetic))
     state.momenta = state.momenta * _atoms(alpha, state)
     state.thermostat["work"] = state.thermostat["work"] + (alpha * alpha - 1.0) * kinetic
-    velocity_verlet(state, force_field, dt)
 
 
 def bussi_noise_index(dof: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,9 +211,15 @@ class Integrator:
 
     name: str
     dt: float  # ASE time units
+    cell_dof: str = "isotropic"  # NPT only
 
     def __call__(self, state: MDState, force_field) -> None:
-        STEPS[self.name](state, force_field, self.dt)
+        if self.name == "npt":
+            from .barostat import npt_step
+
+            npt_step(state, force_field, self.dt, self.cell_dof, _bussi_rescale)
+        else:
+            STEPS[self.name](state, force_field, self.dt)
 
 
 STEPS = {"nve": velocity_verlet, "langevin": langevin_baoab, "bussi": bussi,
@@ -202,7 +232,7 @@ def init_thermostat(state: MDState, ensemble: str, kT: torch.Tensor, friction: t
     th = {"kT": kT, "work": torch.zeros_like(kT)}
     if ensemble == "langevin":
         th["friction"] = friction
-    if ensemble == "bussi":
+    if ensemble in ("bussi", "npt"):
         th["taut"] = taut
     if ensemble == "nose-hoover":
         Q = (kT * taut * taut).unsqueeze(1).repeat(1, CHAIN_LENGTH)

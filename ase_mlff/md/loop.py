@@ -3,7 +3,8 @@
 Intervals count absolute steps (``step % interval == 0``), so a restarted
 run records the same steps as an uninterrupted one. A system that blows up
 (non-finite energy or forces, a temperature far beyond its target, atoms
-flying apart) is stopped and named; its frames up to its last recorded step
+flying apart, an NPT cell whose volume or shape collapsed or exploded) is
+stopped and named; its frames up to its last recorded step
 stay, and the others run on. SIGINT/SIGTERM stop the run at the next step
 boundary, after that step's outputs.
 """
@@ -15,13 +16,14 @@ import threading
 
 import torch
 
+from . import barostat
 from .integrators import Integrator
 from .state import MDState, max_radius, temperature
 from .writers import Outputs, Progress, snapshot
 
 #: blow-up reasons, by code
 _REASONS = {1: "potential energy is not finite", 2: "forces are not finite", 3: "temperature", 4: "radius",
-            5: "positions are not finite"}
+            5: "positions are not finite", 6: "volume", 7: "spacing"}
 #: steps between blow-up checks (also made at every step with outputs, so no bad frame is written);
 #: a system that went non-finite in between gets no neighbors and harms no other
 CHECK_INTERVAL = 10
@@ -52,6 +54,11 @@ class Simulation:
         codes = torch.where(hot, 3, codes)
         if "max_radius" in s.thermostat:
             codes = torch.where(self._radius() > s.thermostat["max_radius"], 4, codes)
+        if "min_volume" in s.thermostat:  # NPT: the cell itself can blow up
+            codes = torch.where(self._spacing_ratio() < 1.0, 7, codes)
+            volume = barostat.volume(s.cell)
+            codes = torch.where(~((volume >= s.thermostat["min_volume"]) & (volume <= s.thermostat["max_volume"])),
+                                6, codes)
         codes = torch.where(bad_forces > 0, 2, codes)
         bad_positions = torch.zeros_like(bad_forces).index_add_(
             0, s.system, (~torch.isfinite(s.positions).all(1)).long())
@@ -62,6 +69,10 @@ class Simulation:
         """[B] Å, largest distance of an atom from its system's centre of mass (molecules; 0 if periodic)."""
         radius = max_radius(self.state)
         return torch.where(self.state.pbc.any(1), torch.zeros_like(radius), radius)
+
+    def _spacing_ratio(self) -> torch.Tensor:
+        """[B] smallest lattice-plane spacing over its limit (below 1: the cell collapsed)."""
+        return (barostat.plane_spacings(self.state.cell) / self.state.thermostat["min_spacing"]).amin(1)
 
     def _stop_systems(self, codes: torch.Tensor) -> None:
         s = self.state
@@ -78,6 +89,18 @@ class Simulation:
                 limit = float(s.thermostat["max_radius"][b])
                 reason = (f"an atom is {radius[b]:.3g} Å from the centre of mass: atoms flew apart "
                           f"(limit {limit:.3g} Å)")
+            elif code == 6:
+                volume = float(barostat.volume(s.cell[b:b + 1])[0])
+                low, high = float(s.thermostat["min_volume"][b]), float(s.thermostat["max_volume"][b])
+                reason = (f"the cell volume {volume:.4g} Å³ left [V₀/8, 8 V₀] = [{low:.4g}, {high:.4g}] Å³: the cell "
+                          f"{'collapsed' if volume < low else 'exploded' if volume > high else 'is not finite'}; "
+                          "use a larger --taup-fs (a slower barostat) or check the target pressure and the model")
+            elif code == 7:
+                spacing = barostat.plane_spacings(s.cell[b:b + 1])[0].tolist()
+                limit = s.thermostat["min_spacing"][b].tolist()
+                reason = (f"the cell flattened: lattice-plane spacings {[round(x, 3) for x in spacing]} Å, below half "
+                          f"the initial ones ({[round(x, 3) for x in limit]} Å); use a larger --taup-fs or "
+                          "--cell-dof isotropic")
             else:
                 reason = _REASONS[code]
             step = s.step
@@ -101,9 +124,12 @@ class Simulation:
     # -- the loop ------------------------------------------------------------------
     def checkpoint(self) -> dict:
         s = self.state
-        return {"step": s.step, "systems": s.system_id.cpu().numpy(), "positions": s.positions.cpu().numpy(),
-                "momenta": s.momenta.cpu().numpy(),
-                "thermostat": {k: v.cpu().numpy() for k, v in s.thermostat.items() if not k.startswith("noise_")}}
+        state = {"step": s.step, "systems": s.system_id.cpu().numpy(), "positions": s.positions.cpu().numpy(),
+                 "momenta": s.momenta.cpu().numpy(),
+                 "thermostat": {k: v.cpu().numpy() for k, v in s.thermostat.items() if not k.startswith("noise_")}}
+        if "min_volume" in s.thermostat:  # NPT: the cell is part of the state
+            state["cell"] = s.cell.cpu().numpy()
+        return state
 
     def _due(self, step: int) -> tuple[bool, bool, bool, bool]:
         st = self.settings

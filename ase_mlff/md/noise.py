@@ -36,7 +36,7 @@ _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
 
 #: noise streams (one per use, so that no two uses ever share numbers)
-VELOCITIES, LANGEVIN, BUSSI_FIRST, BUSSI_SECOND = 1, 2, 3, 4
+VELOCITIES, LANGEVIN, BUSSI_FIRST, BUSSI_SECOND, BAROSTAT = 1, 2, 3, 4, 5
 
 
 def _signed(value: int) -> int:

@@ -1,4 +1,8 @@
-"""Energy conservation and temperature statistics of an MD run.
+"""Energy conservation and temperature statistics of an MD run (and pressure, volume, density of NPT).
+
+NPT runs are judged as NVE runs are, on the effective energy H̃ = U + K +
+P₀V − work (``conserved_energy``, see :mod:`.barostat`): the thermostat and
+barostat work is taken out, so what drifts is integration error.
 
 For NVE the total energy E(t) = E_pot + E_kin should stay constant; Velocity
 Verlet with a smooth potential keeps it within a bounded O(dt²) oscillation
@@ -92,10 +96,10 @@ class ConservationReport:
         fields = {k: v for k, v in asdict(self).items() if v is not None}
         return {"kind": "energy_conservation", **fields, "verdict": self.verdict}
 
-    def format(self) -> str:
+    def format(self, ensemble: str = "NVE", quantity: str = "total energy    ") -> str:
         return "\n".join([
-            f"Energy conservation (NVE, {self.n_frames} frames over {self.duration_ps:.4g} ps):",
-            f"  drift of total energy      {self.drift_meV_per_atom_per_ps:+.4g} "
+            f"Energy conservation ({ensemble}, {self.n_frames} frames over {self.duration_ps:.4g} ps):",
+            f"  drift of {quantity}  {self.drift_meV_per_atom_per_ps:+.4g} "
             f"± {self.slope_uncertainty_meV_per_atom_per_ps:.2g} meV/atom/ps",
             f"  drift / E_kin fluctuation  {self.drift_to_kinetic_fluctuation:.4g}",
             f"  RMS fluctuation            {self.rms_fluctuation_meV_per_atom:.4g} meV/atom",
@@ -139,6 +143,72 @@ class TemperatureReport:
         return (f"Temperature ({self.n_frames} frames): mean {self.mean_K:.2f} K, "
                 f"std {self.std_K:.2f} K, target {self.target_K:g} K "
                 f"(mean - target = {self.mean_K - self.target_K:+.2f} K)")
+
+
+@dataclass(frozen=True)
+class NPTReport:
+    """An NPT run: drift of the effective energy H̃ (judged as NVE's total energy), temperature,
+    pressure, volume and density with standard errors from block averaging
+    (:func:`block_standard_error`).
+
+    Attributes:
+        conservation: of H̃ = U + K + P₀V − work (``conserved_energy``).
+        target_bar, mean_pressure_bar, pressure_sem_bar: instantaneous pressure (kinetic term included).
+        mean_volume_A3, volume_sem_A3; mean_density_g_cm3, density_sem_g_cm3 (total mass / V).
+    """
+
+    conservation: ConservationReport
+    temperature: TemperatureReport
+    target_bar: float
+    mean_pressure_bar: float
+    pressure_sem_bar: float
+    mean_volume_A3: float
+    volume_sem_A3: float
+    mean_density_g_cm3: float
+    density_sem_g_cm3: float
+
+    @property
+    def passed(self) -> bool | None:
+        return self.conservation.passed
+
+    @property
+    def verdict(self) -> str:
+        return self.conservation.verdict
+
+    @property
+    def drift_meV_per_atom_per_ps(self) -> float:
+        return self.conservation.drift_meV_per_atom_per_ps
+
+    def as_dict(self) -> dict:
+        figures = {k: v for k, v in asdict(self).items() if k not in ("conservation", "temperature")}
+        temperature = {k: v for k, v in self.temperature.as_dict().items() if k not in ("kind", "n_frames")}
+        return {**self.conservation.as_dict(), **temperature, **figures, "kind": "npt"}
+
+    def format(self) -> str:
+        return "\n".join([
+            self.conservation.format("NPT, effective energy H = U + K + P0 V - work", "effective energy"),
+            self.temperature.format(),
+            f"Pressure: mean {self.mean_pressure_bar:.1f} ± {self.pressure_sem_bar:.1f} bar, target "
+            f"{self.target_bar:g} bar (kinetic term included; ± one standard error, block averaging)",
+            f"Volume: mean {self.mean_volume_A3:.2f} ± {self.volume_sem_A3:.2f} Å³; density "
+            f"{self.mean_density_g_cm3:.4f} ± {self.density_sem_g_cm3:.4f} g/cm³",
+        ])
+
+
+def block_standard_error(values) -> float:
+    """Standard error of the mean of a correlated series by blocking (Flyvbjerg & Petersen,
+    J. Chem. Phys. 91, 461 (1989)): the series is halved into pair means again and again, and the
+    largest naive error estimate over the levels with at least 8 blocks is returned (the plateau,
+    or the most conservative estimate when the series is too short to show one). NaN below 16 values.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) < 16:
+        return float("nan")
+    best = 0.0
+    while len(x) >= 8:
+        best = max(best, float(np.std(x, ddof=1) / np.sqrt(len(x))))
+        x = 0.5 * (x[: len(x) // 2 * 2: 2] + x[1: len(x) // 2 * 2: 2])
+    return best
 
 
 def energy_conservation(time_ps, total_energy, kinetic_energy, n_atoms: int,
@@ -213,12 +283,27 @@ def temperature_statistics(temperature, target_K: float) -> TemperatureReport:
                              mean_K=float(temp.mean()), std_K=float(temp.std()))
 
 
-def run_report(ensemble: str, frames, n_atoms: int, target_K: float, max_drift: float):
-    """ConservationReport for NVE, else TemperatureReport, from one system's frame series
-    (``time``, ``total_energy``, ``kinetic_energy``, ``temperature``: arrays or datasets)."""
+def run_report(ensemble: str, frames, n_atoms: int, target_K: float, max_drift: float,
+               target_bar: float | None = None, mass_amu: float | None = None):
+    """ConservationReport for NVE, NPTReport for NPT, else TemperatureReport, from one system's
+    frame series (``time``, ``total_energy``, ``kinetic_energy``, ``temperature``; NPT also
+    ``conserved_energy``, ``volume``, ``pressure``: arrays or datasets). NPT needs ``target_bar``
+    and the system's total mass ``mass_amu``."""
     if ensemble == "nve":
         return energy_conservation(frames["time"][:], frames["total_energy"][:], frames["kinetic_energy"][:],
                                    n_atoms, max_drift)
+    if ensemble == "npt":
+        from ..units import G_PER_CM3, bar
+
+        conservation = energy_conservation(frames["time"][:], frames["conserved_energy"][:],
+                                           frames["kinetic_energy"][:], n_atoms, max_drift)
+        pressure = np.asarray(frames["pressure"][:]) / bar
+        volume = np.asarray(frames["volume"][:])
+        density = mass_amu * G_PER_CM3 / volume
+        return NPTReport(conservation, temperature_statistics(frames["temperature"][:], target_K),
+                         float(target_bar), float(pressure.mean()), block_standard_error(pressure),
+                         float(volume.mean()), block_standard_error(volume), float(density.mean()),
+                         block_standard_error(density))
     return temperature_statistics(frames["temperature"][:], target_K)
 
 
@@ -235,7 +320,9 @@ def report_from_h5(path: str | os.PathLike, max_drift: float | None = None, syst
     if max_drift is None:
         max_drift = float(meta.get("max_drift_meV_per_atom_per_ps", DEFAULT_MAX_DRIFT))
     target = s["system"].get("temperature_K", meta.get("temperature_K", np.nan))  # per system since version 2
-    return run_report(meta.get("ensemble", "nve"), s, s["n_atoms"], float(target), max_drift)
+    target_bar = s["system"].get("pressure_bar", meta.get("pressure_bar"))
+    return run_report(meta.get("ensemble", "nve"), s, s["n_atoms"], float(target), max_drift, target_bar,
+                      s["mass_amu"])
 
 
 def plot(path: str | os.PathLike, png: str | os.PathLike, system: int = 0) -> None:

@@ -7,6 +7,10 @@ user quantity (unit)      engine quantity (ASE units)
 ``friction_per_fs`` (1/fs)  ``γ = friction_per_fs / units.fs``
 ``taut_fs`` (fs)          Bussi / Nosé-Hoover time constant ``τ = taut_fs * units.fs``
 ``temperature_K`` (K)     ``k_B T = units.kB * temperature_K`` (eV)
+``pressure_bar`` (bar)    NPT target ``P₀ = pressure_bar * units.bar`` (eV/Å³)
+``taup_fs`` (fs)          barostat time constant ``τ_p = taup_fs * units.fs``
+``compressibility_per_bar``  ``β_T = compressibility_per_bar / units.bar`` (Å³/eV)
+``cell_dof``              cell degrees of freedom of NPT (see :mod:`.barostat`)
 ========================  ========================================================
 """
 
@@ -17,7 +21,9 @@ from dataclasses import asdict, dataclass, fields
 from .report import DEFAULT_MAX_DRIFT
 from .validate import check_settings
 
-ENSEMBLES = ("nve", "langevin", "bussi", "nose-hoover")
+ENSEMBLES = ("nve", "langevin", "bussi", "nose-hoover", "npt")
+#: cell degrees of freedom of the NPT barostat (see :mod:`.barostat`)
+CELL_DOFS = ("isotropic", "anisotropic", "triclinic")
 VELOCITY_MODES = ("maxwell-boltzmann", "input")
 
 
@@ -34,6 +40,10 @@ class MDSettings:
     temperature_K: float = 300.0
     friction_per_fs: float = 0.01
     taut_fs: float = 100.0
+    pressure_bar: float = 1.0
+    taup_fs: float = 1000.0
+    compressibility_per_bar: float = 4.5e-5
+    cell_dof: str = "isotropic"
     steps: int = 1000
     seed: int | None = None
     velocities: str = "maxwell-boltzmann"
@@ -48,7 +58,7 @@ class MDSettings:
             value = getattr(self, f.name)
             if f.type in ("float",) and isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, f.name, float(value))
-        check_settings(self, ENSEMBLES, VELOCITY_MODES)
+        check_settings(self, ENSEMBLES, VELOCITY_MODES, CELL_DOFS)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -36,6 +36,7 @@ class MDState:
         seeds: [B] int64, each system's noise seed (see :mod:`.noise`).
         system_id: [B] int64, index of the system in the run (kept when others stop).
         forces: [N, 3] eV/Å, float64. energy: [B] eV, float64 (at ``positions``).
+        stress: [B, 3, 3] eV/Å³, float64, ASE sign (at ``positions``; NPT only, else None).
         step: steps done.
         thermostat: per-ensemble tensors ([B, ...]) that a restart must restore.
     """
@@ -54,6 +55,7 @@ class MDState:
     system_id: torch.Tensor
     forces: torch.Tensor | None = None
     energy: torch.Tensor | None = None
+    stress: torch.Tensor | None = None
     step: int = 0
     thermostat: dict = field(default_factory=dict)
 
@@ -87,7 +89,8 @@ class MDState:
             n_atoms=self.n_atoms[keep], dof=self.dof[keep], seeds=self.seeds[keep],
             system_id=self.system_id[keep],
             forces=None if self.forces is None else self.forces[atom_mask],
-            energy=None if self.energy is None else self.energy[keep], step=self.step,
+            energy=None if self.energy is None else self.energy[keep],
+            stress=None if self.stress is None else self.stress[keep], step=self.step,
             # Bussi's noise index is per degree of freedom, not per system: rebuilt on use
             thermostat={k: v[keep] for k, v in self.thermostat.items() if not k.startswith("noise_")})
 

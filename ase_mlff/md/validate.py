@@ -23,7 +23,7 @@ class MDWarning(UserWarning):
     """A legal but doubtful MD setting."""
 
 
-def check_settings(settings, ensembles, velocity_modes) -> None:
+def check_settings(settings, ensembles, velocity_modes, cell_dofs=("isotropic",)) -> None:
     if settings.ensemble not in ensembles:
         raise ValueError(f"unknown ensemble {settings.ensemble!r}; valid: {', '.join(ensembles)}")
     if settings.velocities not in velocity_modes:
@@ -38,7 +38,8 @@ def check_settings(settings, ensembles, velocity_modes) -> None:
     if settings.ensemble == "langevin" and not settings.friction_per_fs > 0:
         raise ValueError(f"the Langevin friction must be positive, got {settings.friction_per_fs} 1/fs; "
                          "0.01 1/fs is typical")
-    if settings.ensemble in ("bussi", "nose-hoover") and not settings.taut_fs > 0:
+    _check_barostat(settings, cell_dofs)
+    if settings.ensemble in ("bussi", "nose-hoover", "npt") and not settings.taut_fs > 0:
         raise ValueError(f"the thermostat time constant must be positive, got {settings.taut_fs} fs; "
                          "100 fs is typical")
     if settings.ensemble != "nve" and not settings.temperature_K > 0:
@@ -52,6 +53,37 @@ def check_settings(settings, ensembles, velocity_modes) -> None:
     if max_drift is not None and not max_drift >= 0:  # also refuses NaN
         raise ValueError(f"the NVE drift threshold (--max-drift) must be a number >= 0 meV/atom/ps, "
                          f"got {max_drift}; the default is 1.0")
+
+
+def _check_barostat(settings, cell_dofs) -> None:
+    """The NPT settings (validated for every run, as their defaults are stored with every run;
+    settings objects without them, from before NPT, pass)."""
+    pressure = getattr(settings, "pressure_bar", 1.0)
+    if not np.isfinite(pressure):
+        raise ValueError(f"the target pressure must be a finite number of bar (negative is allowed), got "
+                         f"{pressure} bar")
+    taup = getattr(settings, "taup_fs", 1.0)
+    if not (np.isfinite(taup) and taup > 0):
+        raise ValueError(f"the barostat time constant must be a finite positive number of fs, got "
+                         f"{taup} fs; 1000 fs is typical")
+    compressibility = getattr(settings, "compressibility_per_bar", 1.0)
+    if not (np.isfinite(compressibility) and compressibility > 0):
+        raise ValueError(f"the compressibility must be a finite positive number per bar, got "
+                         f"{compressibility} 1/bar; 4.5e-5 1/bar is water's")
+    cell_dof = getattr(settings, "cell_dof", cell_dofs[0])
+    if cell_dof not in cell_dofs:
+        raise ValueError(f"unknown cell_dof {cell_dof!r}; valid: {', '.join(cell_dofs)}")
+
+
+def check_npt_structure(atoms: Atoms) -> None:
+    """NPT needs a cell that is periodic in all three directions and no fixed atoms."""
+    if not atoms.pbc.all() or atoms.cell.rank < 3:
+        raise ValueError(f"NPT needs a structure periodic in all three directions with a full cell; this one "
+                         f"has pbc={atoms.pbc.tolist()} and cell rank {atoms.cell.rank}: give it a cell and "
+                         "pbc=True, or use --ensemble bussi")
+    if atoms.constraints:
+        raise ValueError("NPT does not support constraints (the cell deformation would move fixed atoms); "
+                         "remove them or use --ensemble bussi")
 
 
 def check_structure(atoms: Atoms, timestep_fs: float) -> None:

@@ -16,6 +16,7 @@ import torch
 from ase import Atoms
 
 from .. import units
+from . import barostat
 from .h5 import H5Writer, SystemInfo
 from .state import MDState, kinetic_energy, temperature
 
@@ -57,11 +58,16 @@ def snapshot(state: MDState) -> dict:
     """The state on the host: numpy arrays, per atom and per system."""
     kinetic = kinetic_energy(state)
     conserved = state.energy + kinetic - state.thermostat.get("work", torch.zeros_like(kinetic))
+    npt = {}
+    if "min_volume" in state.thermostat:  # NPT: H̃ = U + K + P₀V − work (see .barostat)
+        volume = barostat.volume(state.cell)
+        conserved = conserved + state.thermostat["pressure"] * volume
+        npt = {"cell": state.cell, "volume": volume, "pressure": barostat.pressure(state), "stress": state.stress}
     host = {
         "positions": state.positions, "velocities": state.momenta / state.masses.unsqueeze(1) * units.fs,
         "momenta": state.momenta, "forces": state.forces, "energy": state.energy, "kinetic": kinetic,
         "temperature": temperature(state, kinetic), "conserved": conserved, "system_id": state.system_id,
-        "n_atoms": state.n_atoms,
+        "n_atoms": state.n_atoms, **npt,
     }
     host = {k: v.detach().cpu().numpy() for k, v in host.items()}
     host["offsets"] = np.concatenate([[0], np.cumsum(host["n_atoms"])])
@@ -90,13 +96,16 @@ class Outputs:
 
         self.paths, self.settings, self.fs_per_step = paths, settings, timestep_fs
         self.templates = templates
-        self.h5 = H5Writer(paths["h5"], systems, metadata, flush_every=settings.flush_every, mode=mode)
+        self.npt = settings.ensemble == "npt"
+        self.h5 = H5Writer(paths["h5"], systems, metadata, flush_every=settings.flush_every, mode=mode,
+                           cell_series=self.npt)
         self.trajs = []
         if settings.traj_interval > 0:
             _enough_file_handles(len(templates) + 8)
             # properties named here and passed to write(): ASE then skips its per-property
             # cache checks, which cost more than the rest of the frame
-            self.trajs = [Trajectory(str(p), "a" if mode == "a" else "w", t, properties=("energy", "forces"))
+            properties = ("energy", "forces", "stress") if self.npt else ("energy", "forces")
+            self.trajs = [Trajectory(str(p), "a" if mode == "a" else "w", t, properties=properties)
                           for p, t in zip(paths["traj"], templates)]
         self.log = open(paths["log"], "a" if mode == "a" else "w", buffering=1, encoding="utf-8")
         self.last_recorded: dict[int, int] = {}
@@ -109,11 +118,13 @@ class Outputs:
         for b, k in enumerate(host["system_id"]):
             lo, hi = host["offsets"][b], host["offsets"][b + 1]
             epot, ekin = host["energy"][b], host["kinetic"][b]
-            self.h5.append(int(k), {
-                "step": step, "time": time_ps, "positions": host["positions"][lo:hi],
-                "velocities": host["velocities"][lo:hi], "forces": host["forces"][lo:hi],
-                "potential_energy": epot, "kinetic_energy": ekin, "total_energy": epot + ekin,
-                "temperature": host["temperature"][b], "conserved_energy": host["conserved"][b]})
+            row = {"step": step, "time": time_ps, "positions": host["positions"][lo:hi],
+                   "velocities": host["velocities"][lo:hi], "forces": host["forces"][lo:hi],
+                   "potential_energy": epot, "kinetic_energy": ekin, "total_energy": epot + ekin,
+                   "temperature": host["temperature"][b], "conserved_energy": host["conserved"][b]}
+            if self.npt:
+                row.update(cell=host["cell"][b], volume=host["volume"][b], pressure=host["pressure"][b])
+            self.h5.append(int(k), row)
             self.last_recorded[int(k)] = step
 
     def write_traj(self, host: dict) -> None:
@@ -123,7 +134,12 @@ class Outputs:
             atoms.arrays["positions"][:] = host["positions"][lo:hi]
             atoms.arrays["momenta"] = host["momenta"][lo:hi].copy()
             energy = float(host["energy"][b])
-            self.trajs[k].write(atoms, energy=energy, free_energy=energy, forces=host["forces"][lo:hi])
+            extra = {}
+            if self.npt:  # each frame's own cell, and the stress (Voigt, ASE sign) with the other results
+                atoms.cell.array[:] = host["cell"][b]
+                sigma = host["stress"][b]
+                extra["stress"] = sigma[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+            self.trajs[k].write(atoms, energy=energy, free_energy=energy, forces=host["forces"][lo:hi], **extra)
 
     def log_header(self, metadata: dict, restart_step: int | None) -> None:
         log = self.log
@@ -133,6 +149,7 @@ class Outputs:
         log.write("# mlff-md run log\n")
         for key in ("command_line", "model_file", "model_sha256", "ensemble", "timestep_fs",
                     "temperature_K", "friction_per_fs", "taut_fs", "steps", "seed", "velocities",
+                    *(("pressure_bar", "taup_fs", "compressibility_per_bar", "cell_dof") if self.npt else ()),
                     "n_systems", "n_atoms", "formula", "versions", "created"):
             if key in metadata:
                 log.write(f"# {key}: {metadata[key]}\n")
@@ -140,8 +157,9 @@ class Outputs:
             log.write(f"# {'step':>8} {'time[ps]':>12} {'running':>8} {'T_mean[K]':>10} {'T_min[K]':>10} "
                       f"{'T_max[K]':>10}\n")
         else:
+            npt = f" {'V[Å^3]':>12} {'P[bar]':>10}" if self.npt else ""
             log.write(f"# {'step':>8} {'time[ps]':>12} {'E_tot[eV]':>16} {'E_pot[eV]':>16} "
-                      f"{'E_kin[eV]':>14} {'T[K]':>10}\n")
+                      f"{'E_kin[eV]':>14} {'T[K]':>10}{npt}\n")
 
     def log_line(self, host: dict) -> None:
         step = host["step"]
@@ -152,8 +170,9 @@ class Outputs:
                            f"{temp.max():>10.2f}\n")
         else:
             epot, ekin = host["energy"][0], host["kinetic"][0]
+            npt = f" {host['volume'][0]:>12.3f} {host['pressure'][0] / units.bar:>10.1f}" if self.npt else ""
             self.log.write(f"{step:>10d} {t:>12.5f} {epot + ekin:>16.8f} {epot:>16.8f} {ekin:>14.8f} "
-                           f"{host['temperature'][0]:>10.2f}\n")
+                           f"{host['temperature'][0]:>10.2f}{npt}\n")
 
     def note(self, line: str) -> None:
         self.log.write(f"# {line}\n")
