@@ -105,10 +105,13 @@ def test_isotope_masses_are_honoured(tmp_path):
     masses[atoms.numbers == 1] = 2.014  # deuterated
     atoms.set_masses(masses)
     model = tiny_schnet(1)
-    run_md(atoms, _calc(model), steps=200, seed=2, output=tmp_path / "d", h5_interval=200, traj_interval=0)
+    # 100 steps: this random network pulls two atoms within 0.5 Å by step 160 (a contact blow-up)
+    result = run_md(atoms, _calc(model), steps=100, seed=2, output=tmp_path / "d", h5_interval=100,
+                    traj_interval=0)
+    assert result.status == "completed", result.message
     start = ase.io.read(tmp_path / "d.h5", 0)
     np.testing.assert_array_equal(start.get_masses(), masses)
-    reference = _ase_verlet(atoms, _calc(model), start.get_momenta(), 200, 0.5)
+    reference = _ase_verlet(atoms, _calc(model), start.get_momenta(), 100, 0.5)
     assert np.abs(frames(tmp_path / "d.h5", "positions")[-1] - reference.positions).max() < 1e-9
 
 
@@ -411,3 +414,24 @@ def test_version_1_files_stay_readable_and_restartable(tmp_path):
     total = frames(run, "total_energy")
     assert np.ptp(total) < 1e-3 * 13 * 1e-3 * 10
     assert len(ase.io.read(tmp_path / "md_v1_argon.traj", ":")) == 9
+
+
+def test_atoms_running_into_one_another_stop_that_system(tmp_path):
+    """A pair driven closer than validate.MIN_DISTANCE is a blow-up although every number stays finite
+    (what a model far outside its training data does: the water model under NPT after 10 ps)."""
+    from ase import Atoms
+
+    from ase_mlff.md.validate import MIN_DISTANCE
+
+    # LJ whose minimum lies at 2^(1/6)·0.3 = 0.34 Å: a dimer started 0.6 Å apart falls into it
+    model = LennardJones(["Ar"], epsilon=1.0, sigma=0.3, cutoff=3.0)
+    dimer = Atoms("Ar2", positions=[[0, 0, 0], [0.6, 0, 0]])
+    far = Atoms("Ar2", positions=[[0, 0, 0], [2.9, 0, 0]])  # feels the tail only: stays apart
+    result = run_md([far, dimer], _calc(model), steps=200, seed=1, timestep_fs=0.5, temperature_K=1.0,
+                    output=tmp_path / "c", h5_interval=10, traj_interval=10)
+    assert result.exit_code == 3
+    assert [s["status"] for s in result.systems] == ["completed", "blew-up"]
+    message = result.systems[1]["message"]
+    assert f"closer than {MIN_DISTANCE} Å" in message and "system 1" in message
+    distances = np.linalg.norm(np.diff(frames(tmp_path / "c.h5", "positions", system=1), axis=1), axis=-1)
+    assert distances.min() >= MIN_DISTANCE  # no frame with the contact was written

@@ -280,6 +280,7 @@ def test_cell_limits_volume_window_and_flattening():
     # the checks themselves, on a state whose cell is set by hand: volume outside [V₀/8, 8 V₀] (code 6),
     # a lattice-plane spacing below half its initial value at constant volume (code 7)
     from ase_mlff.md.barostat import init_barostat
+    from ase_mlff.md.forcefield import ForceField
     from ase_mlff.md.loop import Simulation
     from ase_mlff.md.state import state_from_atoms
 
@@ -292,6 +293,7 @@ def test_cell_limits_volume_window_and_flattening():
     state.cell = torch.stack([state.cell[0], state.cell[1] * 2.05, state.cell[2] @ flatten, state.cell[3] * 0.49])
     sim = Simulation.__new__(Simulation)
     sim.state = state
+    sim.force_field = ForceField(LennardJones(["Ar"]))  # no list built yet: no contact check
     assert sim._blowup_codes().tolist() == [0, 6, 7, 6]
 
 

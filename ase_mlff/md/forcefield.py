@@ -99,6 +99,20 @@ class BatchedNeighbors:
         inside = vectors.square().sum(1) < self.cutoff ** 2
         return Neighbors(n.edge_index[:, inside], n.shifts[inside], n.periodic)
 
+    def closest(self, state: MDState) -> torch.Tensor:
+        """[B] Å, each system's shortest pair distance at the current positions (inf: no pairs).
+
+        Read from the wide list, which holds every pair within the cutoff (the skin rule)
+        and so every close contact.
+        """
+        shortest = torch.full((state.n_systems,), float("inf"), dtype=state.positions.dtype, device=state.device)
+        if self.reference is None or self.reference.shape != state.positions.shape or not self.edge_index.numel():
+            return shortest
+        vectors = edge_vectors(state.positions, state.cell, state.system,
+                               Neighbors(self.edge_index, self.shifts, self.periodic))
+        distances = torch.linalg.vector_norm(vectors, dim=1)
+        return shortest.scatter_reduce_(0, state.system[self.edge_index[0]], distances, "amin")
+
     def _stale(self, state: MDState) -> torch.Tensor:
         """[B] bool: systems whose list may miss a pair (module doc); NaN counts as stale."""
         if self.deforming:

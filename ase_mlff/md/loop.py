@@ -3,7 +3,8 @@
 Intervals count absolute steps (``step % interval == 0``), so a restarted
 run records the same steps as an uninterrupted one. A system that blows up
 (non-finite energy or forces, a temperature far beyond its target, atoms
-flying apart, an NPT cell whose volume or shape collapsed or exploded) is
+flying apart or closer than ``validate.MIN_DISTANCE``, an NPT cell whose volume
+or shape collapsed or exploded) is
 stopped and named; its frames up to its last recorded step
 stay, and the others run on. SIGINT/SIGTERM stop the run at the next step
 boundary, after that step's outputs.
@@ -19,11 +20,12 @@ import torch
 from . import barostat
 from .integrators import Integrator
 from .state import MDState, max_radius, temperature
+from .validate import MIN_DISTANCE
 from .writers import Outputs, Progress, snapshot
 
 #: blow-up reasons, by code
 _REASONS = {1: "potential energy is not finite", 2: "forces are not finite", 3: "temperature", 4: "radius",
-            5: "positions are not finite", 6: "volume", 7: "spacing"}
+            5: "positions are not finite", 6: "volume", 7: "spacing", 8: "contact"}
 #: steps between blow-up checks (also made at every step with outputs, so no bad frame is written);
 #: a system that went non-finite in between gets no neighbors and harms no other
 CHECK_INTERVAL = 10
@@ -59,6 +61,9 @@ class Simulation:
             volume = barostat.volume(s.cell)
             codes = torch.where(~((volume >= s.thermostat["min_volume"]) & (volume <= s.thermostat["max_volume"])),
                                 6, codes)
+        # atoms driven into one another (a model far outside its training data): the overlap
+        # that validate refuses at the start, found while running
+        codes = torch.where(self.force_field.neighbors.closest(s) < MIN_DISTANCE, 8, codes)
         codes = torch.where(bad_forces > 0, 2, codes)
         bad_positions = torch.zeros_like(bad_forces).index_add_(
             0, s.system, (~torch.isfinite(s.positions).all(1)).long())
@@ -101,6 +106,11 @@ class Simulation:
                 reason = (f"the cell flattened: lattice-plane spacings {[round(x, 3) for x in spacing]} Å, below half "
                           f"the initial ones ({[round(x, 3) for x in limit]} Å); use a larger --taup-fs or "
                           "--cell-dof isotropic")
+            elif code == 8:
+                closest = float(self.force_field.neighbors.closest(s)[b])
+                reason = (f"two atoms are {closest:.3g} Å apart (closer than {MIN_DISTANCE} Å): they ran into one "
+                          "another, as a model does outside its training data (check the structure, "
+                          "temperature and pressure against what the model was trained on)")
             else:
                 reason = _REASONS[code]
             step = s.step
