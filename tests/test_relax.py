@@ -283,3 +283,37 @@ def test_cli_bad_input_one_line(argon_files, monkeypatch, args, message):
     result = invoke("relax", *args, "-m", "lj.pt")
     assert message in one_line_error(result)
     assert not (argon_files / "relaxed.extxyz").exists()
+
+
+def _pairs(edge_index, shifts, offset=0):
+    rows = np.concatenate([edge_index.T.numpy() + offset, shifts.numpy()], 1)
+    return rows[np.lexsort(rows.T[::-1])]
+
+
+def test_skin_lists_hold_the_pairs_of_fresh_lists_as_cells_deform():
+    """Deform two cells (up to a few % strain) and move atoms: the kept lists give exactly the fresh pairs."""
+    from ase_mlff.batch import atoms_to_batch
+    from ase_mlff.neighbors import NeighborList
+    from ase_mlff.optimize.cellfilter import deformed
+    from ase_mlff.optimize.neighbors import SkinNeighbors
+
+    structures = [argon(1, a=5.0), argon(2, repeat=(1, 1, 2), shear=0.3)]
+    batch = atoms_to_batch(structures)
+    u0, cell0 = batch.positions.clone(), batch.cell.clone()
+    lists, fresh = SkinNeighbors(6.0, 1.0), NeighborList(6.0)
+    active = torch.ones(2, dtype=torch.bool)
+    mask = torch.ones(len(u0), dtype=torch.bool)
+    rng = np.random.default_rng(0)
+    kept = 0
+    for step in range(12):
+        strain = torch.from_numpy(rng.normal(scale=0.01 * step, size=(2, 3, 3)))
+        gradient = torch.linalg.matrix_exp(0.5 * (strain + strain.transpose(1, 2)))
+        u = u0 + torch.from_numpy(rng.normal(scale=0.05, size=u0.shape))
+        positions, cell = deformed(u, cell0, gradient, batch.system)
+        now = batch.replace(positions=positions, cell=cell)
+        before = lists.rebuilds
+        got = lists(now, u, gradient, active, mask, b"all")
+        kept += lists.rebuilds == before
+        want = fresh(now)
+        np.testing.assert_array_equal(_pairs(got.edge_index, got.shifts), _pairs(want.edge_index, want.shifts))
+    assert 0 < kept < 11  # some steps reused the lists, larger strains forced rebuilds

@@ -6,8 +6,8 @@
 
 Per step, every structure still relaxing goes through one
 :func:`ase_mlff.forces.compute` call (energy, forces and, for cells,
-stress), with neighbor lists rebuilt from scratch (the cells change, so a
-skin list built for one cell would not be exact for the next). Then each
+stress), with per-system Verlet-skin neighbor lists that stay exact while
+the cells deform (:mod:`.neighbors`; the calculator's ``skin``). Then each
 structure is checked on its own: converged or out of steps, it stops and
 leaves the batch; the rest take one batched FIRE step
 (:mod:`.fire`) on their positions, or on the filter's coordinates
@@ -40,6 +40,7 @@ from ..forces import compute
 from ..neighbors import NeighborList
 from .cellfilter import deformation, deformed, filter_forces, largest_row_norm
 from .fire import FireParameters, fire_state, fire_step
+from .neighbors import SkinNeighbors
 from .output import Trajectories, check_free, trajectory_paths
 
 __all__ = ["RelaxResult", "relax"]
@@ -223,7 +224,9 @@ class _Relaxation:
             self.row_system = torch.cat([batch.system, cell_rows])
         self.periodic = batch.pbc.all(1)  # [B]
         self.want_stress = bool(self.periodic.all())
-        self.neighbor_list = NeighborList(calc.model.cutoff, calc.parameters.get("neighbor_backend", "auto"))
+        backend = calc.parameters.get("neighbor_backend", "auto")
+        self.neighbor_list = NeighborList(calc.model.cutoff, backend)
+        self.skin_lists = SkinNeighbors(calc.model.cutoff, float(calc.parameters.get("skin", 1.0)), backend)
         self.state = fire_state(self.row_system.shape[0], self.b, fire, batch.positions)
         self.energy = batch.cell.new_zeros(self.b)
         self.forces = batch.positions.new_zeros((self.n, 3))
@@ -257,10 +260,11 @@ class _Relaxation:
         return sub, atom_mask
 
     # -- the loop ------------------------------------------------------------------
-    def evaluate(self, active: torch.Tensor, positions, cell) -> None:
+    def evaluate(self, active: torch.Tensor, positions, cell, gradient) -> None:
         """Energy, forces (zero on fixed atoms) and stress of the active systems, into the full tensors."""
         sub, atom_mask = self._active_batch(active, positions, cell)
-        neighbors = self.neighbor_list(sub)
+        neighbors = self.skin_lists(self.batch.replace(positions=positions, cell=cell), self.reference_positions,
+                                    gradient, active, atom_mask, self._subset[0])
         stress = self.want_stress
         calc = self.calc
         out = evaluate(calc.evaluator, lambda m: compute(m, sub, neighbors, forces=True, stress=stress,
@@ -283,7 +287,7 @@ class _Relaxation:
         active = torch.ones(self.b, dtype=torch.bool, device=self.batch.positions.device)
         for step in range(max_steps + 1):
             positions, cell, gradient = self.geometry()
-            self.evaluate(active, positions, cell)
+            self.evaluate(active, positions, cell, gradient)
             rows = self.generalised_forces(cell, gradient)
             criterion = largest_row_norm(rows, self.row_system, self.b)
             self.criterion = torch.where(active, criterion, self.criterion)
