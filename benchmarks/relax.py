@@ -102,7 +102,7 @@ def ase_sequential(frames, fmax: float, cell: bool):
     return {"steps": steps, "energy": energy, "converged": converged}
 
 
-def torchsim_model(potential, counter: dict):
+def torchsim_model(potential, counter: dict, stress: bool):
     """ase-mlff's potential behind TorchSim's ModelInterface: energy, forces, stress (ASE sign, eV/Å³)."""
     import torch
     from torch_sim.models.interface import ModelInterface
@@ -117,7 +117,7 @@ def torchsim_model(potential, counter: dict):
             self.potential = potential
             self.neighbor_list = NeighborList(potential.cutoff)
             self._device, self._dtype = torch.device("cpu"), torch.float64
-            self._compute_forces, self._compute_stress = True, True
+            self._compute_forces, self._compute_stress = True, stress
 
         def forward(self, state, **_):
             n_systems = state.cell.shape[0]
@@ -126,10 +126,13 @@ def torchsim_model(potential, counter: dict):
                           cell=state.row_vector_cell,  # TorchSim stores cell vectors as columns
                           pbc=torch.full((n_systems, 3), bool(state.pbc), device=system.device),
                           system=system, n_atoms=torch.bincount(system, minlength=n_systems))
-            out = compute(self.potential, batch, self.neighbor_list(batch), forces=True, stress=True)
+            out = compute(self.potential, batch, self.neighbor_list(batch), forces=True, stress=stress)
             counter["calls"] += 1
             counter["atoms"] += int(batch.positions.shape[0])
-            return {"energy": out.energy.detach(), "forces": out.forces.detach(), "stress": out.stress.detach()}
+            result = {"energy": out.energy.detach(), "forces": out.forces.detach()}
+            if stress:
+                result["stress"] = out.stress.detach()
+            return result
 
     return MLFFModel()
 
@@ -138,7 +141,7 @@ def torchsim(ts, frames, fmax: float, cell: bool):
     import torch
 
     counter = {"calls": 0, "atoms": 0}
-    wrapped = torchsim_model(model(), counter)
+    wrapped = torchsim_model(model(), counter, stress=cell)  # FIRE on positions needs no stress
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its max-steps warning, deprecations
         final = ts.optimize(system=[a.copy() for a in frames], model=wrapped,

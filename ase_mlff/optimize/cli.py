@@ -61,7 +61,7 @@ def relax_command(structures, fmax, relax_cell, pressure_bar, steps, model, outp
     from ..compositions import OutOfTrainingWarning, composition
     from ..md.cli import _calculator, read_structures
     from .driver import relax
-    from .output import check_free, output_format, trajectory_paths
+    from .output import check_free, output_format, trajectory_paths, write_structures
 
     if not structures:
         raise click.UsageError("give one or more STRUCTURE files")
@@ -93,8 +93,6 @@ def relax_command(structures, fmax, relax_cell, pressure_bar, steps, model, outp
                             steps=steps, trajectory=trajectory, overwrite=overwrite, labels=labels)
         for message in dict.fromkeys(str(w.message) for w in caught if w.category is OutOfTrainingWarning):
             click.echo(f"Warning: {message}", err=True)
-        from .output import write_structures
-
         write_structures(output, [r.atoms for r in results], overwrite=overwrite)
     except (ValueError, FileExistsError, FileNotFoundError, PermissionError) as error:
         raise click.ClickException(str(error)) from None

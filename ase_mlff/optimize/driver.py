@@ -223,7 +223,8 @@ class _Relaxation:
             cell_rows = torch.arange(self.b, device=device).repeat_interleave(3)
             self.row_system = torch.cat([batch.system, cell_rows])
         self.periodic = batch.pbc.all(1)  # [B]
-        self.want_stress = bool(self.periodic.all())
+        # the filter needs the stress on every step; positions alone need it only at the end
+        self.want_stress = cell
         backend = calc.parameters.get("neighbor_backend", "auto")
         self.neighbor_list = NeighborList(calc.model.cutoff, backend)
         self.skin_lists = SkinNeighbors(calc.model.cutoff, float(calc.parameters.get("skin", 1.0)), backend)
@@ -322,7 +323,7 @@ class _Relaxation:
 
     # -- results ------------------------------------------------------------------
     def _final_stress(self, positions, cell) -> None:
-        """Stress of the periodic structures of a batch that also holds molecules (one more model call)."""
+        """Stress of the final periodic structures of a positions-only run (one more model call)."""
         if self.want_stress or not bool(self.periodic.any()):
             return
         sub, _ = self._active_batch(self.periodic, positions, cell)
