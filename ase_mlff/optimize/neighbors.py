@@ -40,7 +40,7 @@ class SkinNeighbors:
         self.periodic = False
         self.reference: torch.Tensor | None = None  # [N, 3] u at each system's build
         self.built_gradient: torch.Tensor | None = None  # [B, 3, 3] F at each system's build
-        self.unique_shifts: torch.Tensor | None = None  # [K, 3] the distinct shifts; shift_id: [E] into them
+        self.unique_shifts: torch.Tensor | None = None  # [K, 3] shifts within reach; shift_id: [E] into them
         self.shift_id: torch.Tensor | None = None
         self.rebuilds = 0
         self._active = None  # edges of the current active set, see __call__
@@ -72,7 +72,7 @@ class SkinNeighbors:
             gradient = self._identity(batch)
         rebuild = self.stale(reference_positions, gradient, batch.system) & active
         if bool(rebuild.any()):  # the one host sync of a step
-            self._rebuild(batch, rebuild, reference_positions, gradient)
+            self._rebuild(batch, rebuild, active, reference_positions, gradient)
         if self._active is None or self._active[0] != active_key:
             keep = active[batch.system[self.edge_index[0]]]
             local = torch.cumsum(atom_mask.long(), 0) - 1  # global atom -> index in the sub-batch
@@ -80,8 +80,8 @@ class SkinNeighbors:
             code = batch.system[index[0]] * self.unique_shifts.shape[0] + self.shift_id[keep]
             self._active = (active_key, index, local[index], self.shifts[keep], code)
         _, index, local_index, shifts, code = self._active
-        # r_j − r_i + S·cell, S·cell from a [B, K] table of the K distinct shifts (a gather per
-        # edge instead of a 3x3 product per edge)
+        # r_j − r_i + S·cell, S·cell from a [B, K] table of the K shifts within reach (a gather
+        # per edge instead of a 3x3 product per edge)
         table = torch.einsum("kc,bcd->bkd", self.unique_shifts.to(batch.cell.dtype), batch.cell).reshape(-1, 3)
         vectors = batch.positions[index[1]] - batch.positions[index[0]] + table[code]
         inside = vectors.square().sum(1) < self.cutoff ** 2
@@ -92,7 +92,10 @@ class SkinNeighbors:
             self._eye = torch.eye(3, dtype=batch.cell.dtype, device=batch.cell.device).expand(batch.n_systems, 3, 3)
         return self._eye
 
-    def _rebuild(self, batch: Batch, rebuild: torch.Tensor, reference_positions, gradient) -> None:
+    def _rebuild(self, batch: Batch, rebuild: torch.Tensor, active: torch.Tensor, reference_positions,
+                 gradient) -> None:
+        """New lists for the ``rebuild`` systems; the other active ones keep theirs, and the lists of
+        systems no longer active (converged or stopped: they never return) are dropped."""
         self.rebuilds += 1
         self._active = None
         device = batch.positions.device
@@ -108,15 +111,17 @@ class SkinNeighbors:
             self.reference = reference_positions.clone()
             self.built_gradient = gradient.clone()
         else:
-            kept = ~rebuild[batch.system[self.edge_index[0]]]
+            kept = (active & ~rebuild)[batch.system[self.edge_index[0]]]
             self.edge_index = torch.cat([self.edge_index[:, kept], new_index.to(device)], 1)
             self.shifts = torch.cat([self.shifts[kept], new_shifts], 0)
             self.periodic = self.periodic or built.periodic
             self.reference = torch.where(rebuild[batch.system].unsqueeze(1), reference_positions, self.reference)
             self.built_gradient = torch.where(rebuild.view(-1, 1, 1), gradient, self.built_gradient)
-        # the distinct shifts, through one integer per shift (torch.unique(dim=0) is far slower)
+        # every shift S with |S_k| <= reach, numbered in mixed radix: the per-step table of S·cell
+        # is then [B, width³] and an edge's entry a fixed number (no search, no torch.unique)
         reach = int(self.shifts.abs().max()) if self.shifts.numel() else 0
         width = 2 * reach + 1
+        grid = torch.arange(width ** 3, device=device)
+        self.unique_shifts = torch.stack([grid // (width * width), grid // width % width, grid % width], 1) - reach
         s = self.shifts + reach
-        codes, self.shift_id = torch.unique((s[:, 0] * width + s[:, 1]) * width + s[:, 2], return_inverse=True)
-        self.unique_shifts = torch.stack([codes // (width * width), codes // width % width, codes % width], 1) - reach
+        self.shift_id = (s[:, 0] * width + s[:, 1]) * width + s[:, 2]
