@@ -39,5 +39,9 @@ from .spk.cli import import_model  # noqa: E402
 
 main.add_command(import_model)
 
+from .optimize.cli import relax_command  # noqa: E402
+
+main.add_command(relax_command)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
