@@ -251,15 +251,30 @@ _BASES = {
 }
 
 
-def lattice_distances(lattice: str, a: float, cutoff: float) -> np.ndarray:
-    """|R| of all lattice vectors 0 < |R| < cutoff of a cubic Bravais lattice (float64)."""
+def lattice_vectors(lattice: str, a: float, radius: float) -> np.ndarray:
+    """Lattice vectors R [n, 3] with 0 < |R| < ``radius`` of a cubic Bravais lattice (float64)."""
     if lattice not in _BASES:
         raise ValueError(f"lattice must be one of {sorted(_BASES)}, got {lattice!r}")
-    n = int(math.ceil(cutoff / a)) + 1
+    n = int(math.ceil(radius / a)) + 1
     cells = np.array(list(itertools.product(range(-n, n + 1), repeat=3)), dtype=float)
     points = (cells[:, None, :] + _BASES[lattice][None, :, :]).reshape(-1, 3) * a
     r = np.sqrt((points**2).sum(1))
-    return r[(r > 0) & (r < cutoff)]
+    return points[(r > 0) & (r < radius)]
+
+
+def lattice_distances(lattice: str, a: float, cutoff: float) -> np.ndarray:
+    """|R| of all lattice vectors 0 < |R| < cutoff of a cubic Bravais lattice (float64)."""
+    return np.sqrt((lattice_vectors(lattice, a, cutoff) ** 2).sum(1))
+
+
+def strained_lattice_energy(lattice: str, a: float, strain, **pair) -> float:
+    """E/N of the lattice deformed homogeneously, R → R(I + ε) (ε [3, 3], symmetric)."""
+    deformation = np.eye(3) + np.asarray(strain, dtype=float)
+    # every vector the strain can bring inside the cutoff: |R(I + ε)| ≥ s_min |R|
+    s_min = np.linalg.svd(deformation, compute_uv=False).min()
+    vectors = lattice_vectors(lattice, a, pair["cutoff"] / s_min * (1 + 1e-9)) @ deformation.T
+    phi, _ = model_pair(np.sqrt((vectors**2).sum(1)), **pair)
+    return 0.5 * float(phi.sum())
 
 
 def lattice_energy(lattice: str, a: float, **pair) -> tuple[float, float]:

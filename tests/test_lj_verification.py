@@ -42,6 +42,7 @@ Findings
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import lj_reference as ref
@@ -253,3 +254,88 @@ def test_full_stress_tensor_of_truncated_argon_is_the_strain_derivative():
     numerical = calculate_numerical_stress(atoms, eps=eps)
     atol = 10 * abs(atoms.get_potential_energy()) * EPS64 / (eps * atoms.get_volume()) + 1e-12
     np.testing.assert_allclose(stress, numerical, rtol=1e-7, atol=atol)
+
+
+def lattice_stiffness(lattice: str, a: float, h: float = 1e-4, **pair) -> np.ndarray:
+    """Elastic stiffness C [6, 6] (Voigt, engineering shear), eV/Å³ or reduced, of the static
+    lattice from central second differences of the reference lattice sum: C_ij = (1/v) ∂²E/∂ε_i∂ε_j."""
+    volume = a**3 / len(ref._BASES[lattice])
+
+    def energy(voigt):
+        e = voigt
+        strain = [[e[0], e[5] / 2, e[4] / 2], [e[5] / 2, e[1], e[3] / 2], [e[4] / 2, e[3] / 2, e[2]]]
+        return ref.strained_lattice_energy(lattice, a, strain, **pair)
+
+    stiffness = np.empty((6, 6))
+    for i, j in itertools.product(range(6), repeat=2):
+        def shifted(si, sj, i=i, j=j):
+            e = np.zeros(6)
+            e[i] += si * h
+            e[j] += sj * h
+            return energy(e)
+        stiffness[i, j] = (shifted(1, 1) - shifted(1, -1) - shifted(-1, 1) + shifted(-1, -1)) / (4 * h * h * volume)
+    return stiffness
+
+
+@pytest.mark.parametrize("smooth", [False, True])
+def test_stress_response_to_strain_is_the_lattice_sum_stiffness(smooth):
+    # At the lattice-sum minimum (zero stress) the calculator's stress under a small strain
+    # ε must be C·ε with C from second differences of the reference energy (normal,
+    # anisotropic and shear strains; C₁₂ = C₄₄ there, the Cauchy relation of central pair
+    # forces at zero pressure).
+    pair = pair_parameters(3.0, smooth)
+    a0 = ref.lattice_minimum("fcc", (4.8, 5.8), **pair)
+    stiffness = lattice_stiffness("fcc", a0, **pair)
+    assert stiffness[0, 1] == pytest.approx(stiffness[3, 3], rel=1e-5)
+    assert stiffness[0, 0] > stiffness[0, 1] > 0
+    atoms0 = fcc_argon(a0, repeat=1)
+    h = 1e-5
+    for i in range(6):
+        columns = []
+        for sign in (1, -1):
+            e = np.zeros(6)
+            e[i] = sign * h
+            strain = np.array([[e[0], e[5] / 2, e[4] / 2], [e[5] / 2, e[1], e[3] / 2], [e[4] / 2, e[3] / 2, e[2]]])
+            atoms = atoms0.copy()
+            atoms.set_cell(atoms0.cell.array @ (np.eye(3) + strain), scale_atoms=True)
+            atoms.calc = argon_calculator(3.0, smooth)
+            columns.append(atoms.get_stress())  # Voigt xx yy zz yz xz xy, ASE's sign (tension > 0)
+        # the stress at ±h differs from C·(±h) by O(h²C'), far below this tolerance
+        np.testing.assert_allclose((columns[0] - columns[1]) / (2 * h), stiffness[:, i], rtol=2e-5, atol=1e-6)
+
+
+# -- relaxation ------------------------------------------------------------------------------
+def test_relaxed_fcc_lattice_constant_is_the_lattice_sum_minimum():
+    """FIRE with the Fréchet cell filter from a strained, rattled 2×2×2 fcc cell (32 atoms).
+
+    Tolerance from ``fmax``: the filter's cell "forces" are G_X ≈ −V(σ + pI)/N, so at
+    convergence every stress component is below s = fmax·N/V; the residual strain is then
+    |ε_i| ≤ Σ_j |S_ij|·s with S = C⁻¹ of the reference lattice sum (first order in s).
+    The volume per atom gives a = (4V/N)^{1/3} with |δa/a| ≤ s/(3B), B = (C₁₁ + 2C₁₂)/3.
+    """
+    optimize = pytest.importorskip("ase_mlff.optimize", reason="the relax helper's ase_mlff.optimize")
+    fmax, cutoff_sigma, smooth = 1e-4, 3.0, True
+    pair = pair_parameters(cutoff_sigma, smooth)
+    a0 = ref.lattice_minimum("fcc", (4.8, 5.8), **pair)
+    start = fcc_argon(a0, repeat=2)
+    start.set_cell(start.cell.array @ np.diag([1.03, 0.99, 1.02]), scale_atoms=True)
+    start.rattle(0.02, seed=4)
+    [result] = optimize.relax(start, argon_calculator(cutoff_sigma, smooth), fmax=fmax, cell=True, steps=3000)
+    assert result.converged, result.message
+    atoms = result.atoms
+    n, volume = len(atoms), atoms.get_volume()
+    stress_bound = fmax * n / volume  # eV/Å³
+    assert result.smax <= 1.01 * stress_bound  # its own stress report agrees with the criterion
+    stiffness = lattice_stiffness("fcc", a0, **pair)
+    bulk_modulus = (stiffness[0, 0] + 2 * stiffness[0, 1]) / 3
+    a_volume = (4 * volume / n) ** (1 / 3)
+    assert a_volume == pytest.approx(a0, rel=stress_bound / (3 * bulk_modulus))
+    # the cell, as a strain of the ideal 2a₀ cube (rotation-free: the filter's F is symmetric
+    # up to rattle-induced torque, measured through the polar decomposition)
+    deformation = np.linalg.solve(2 * a0 * np.eye(3), atoms.cell.array).T
+    u, s, vt = np.linalg.svd(deformation)
+    strain = vt.T @ np.diag(s) @ vt - np.eye(3)
+    voigt = np.array([strain[0, 0], strain[1, 1], strain[2, 2], 2 * strain[1, 2], 2 * strain[0, 2], 2 * strain[0, 1]])
+    bound = np.abs(np.linalg.inv(stiffness)).sum(1) * stress_bound
+    assert np.all(np.abs(voigt) <= bound), (voigt, bound)
+    assert np.abs(atoms.get_forces()).max() <= fmax
