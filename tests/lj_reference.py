@@ -251,10 +251,16 @@ _BASES = {
 }
 
 
-def lattice_vectors(lattice: str, a: float, radius: float) -> np.ndarray:
-    """Lattice vectors R [n, 3] with 0 < |R| < ``radius`` of a cubic Bravais lattice (float64)."""
+def atoms_per_cell(lattice: str) -> int:
+    """Lattice points in the conventional cubic cell (sc 1, bcc 2, fcc 4)."""
     if lattice not in _BASES:
         raise ValueError(f"lattice must be one of {sorted(_BASES)}, got {lattice!r}")
+    return len(_BASES[lattice])
+
+
+def lattice_vectors(lattice: str, a: float, radius: float) -> np.ndarray:
+    """Lattice vectors R [n, 3] with 0 < |R| < ``radius`` of a cubic Bravais lattice (float64)."""
+    atoms_per_cell(lattice)  # checks the name
     n = int(math.ceil(radius / a)) + 1
     cells = np.array(list(itertools.product(range(-n, n + 1), repeat=3)), dtype=float)
     points = (cells[:, None, :] + _BASES[lattice][None, :, :]).reshape(-1, 3) * a

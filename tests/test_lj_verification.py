@@ -107,7 +107,9 @@ def pair_parameters(cutoff_sigma: float, smooth: bool) -> dict:
 
 
 def fcc_argon(a: float, repeat: int = 1):
-    return bulk("Ar", "fcc", a=a, cubic=True).repeat(repeat)
+    atoms = bulk("Ar", "fcc", a=a, cubic=True).repeat(repeat)
+    atoms.set_masses(np.full(len(atoms), MASS))  # ASE's own Ar mass is the same; said here
+    return atoms
 
 
 def liquid_argon(density_reduced: float = 0.6, repeat: int = 3, seed: int = 0):
@@ -181,9 +183,15 @@ def test_jzg_derivatives_are_its_finite_differences(temperature):
     assert ref.jzg_pressure(density, temperature) == pytest.approx(1.5, rel=1e-12)
 
 
-def test_jzg_density_refuses_a_subcritical_isotherm():
+def test_reference_refuses_bad_input():
     with pytest.raises(ValueError, match="supercritical"):
         ref.jzg_density(0.1, 1.0)
+    with pytest.raises(ValueError, match="positive"):
+        ref.jzg_pressure(0.5, 0.0)
+    with pytest.raises(ValueError, match="lattice must be one of"):
+        ref.lattice_energy("hcp", 1.5, epsilon=1.0, sigma=1.0, cutoff=3.0)
+    with pytest.raises(ValueError, match="cannot fill"):
+        ref.block_means(np.zeros(3), 5)
 
 
 # -- tail corrections --------------------------------------------------------------------------
@@ -222,7 +230,7 @@ def test_lattice_sums_reach_the_lennard_jones_ingham_constants(lattice):
     guess = (2 * a12 / a6) ** (1 / 6) / NEAREST_NEIGHBOR[lattice]
     a = ref.lattice_minimum(lattice, (0.9 * guess, 1.1 * guess), **pair)
     r_nn = a * NEAREST_NEIGHBOR[lattice]
-    points_per_volume = len(ref._BASES[lattice]) * (r_nn / a) ** 3
+    points_per_volume = ref.atoms_per_cell(lattice) * (r_nn / a) ** 3
     a6_cut = a6 - 4 * math.pi * points_per_volume / (3 * (cutoff / r_nn) ** 3)
     assert r_nn == pytest.approx((2 * a12 / a6_cut) ** (1 / 6), rel=1.5e-6)
     energy = ref.lattice_energy(lattice, a, **pair)[0] + 0.5 * len(ref.lattice_distances(lattice, a, cutoff)) * \
@@ -291,7 +299,7 @@ def test_full_stress_tensor_of_truncated_argon_is_the_strain_derivative():
 def lattice_stiffness(lattice: str, a: float, h: float = 1e-4, **pair) -> np.ndarray:
     """Elastic stiffness C [6, 6] (Voigt, engineering shear), eV/Å³ or reduced, of the static
     lattice from central second differences of the reference lattice sum: C_ij = (1/v) ∂²E/∂ε_i∂ε_j."""
-    volume = a**3 / len(ref._BASES[lattice])
+    volume = a**3 / ref.atoms_per_cell(lattice)
 
     def energy(voigt):
         e = voigt
