@@ -55,8 +55,8 @@ so wall times are upper bounds; reduced units)
   −0.092), κ_T* = 0.182. The neglected part of the truncation (g ≠ 1 beyond 4σ,
   |g − 1| ≲ 0.02 there at this density: an estimate, not measured) is ≲ 2 % of
   the tail, δρ* ≲ 2e-4; a 4σ-vs-5σ pair of runs to measure it did not fit the budget.
-* Our engine (the npt helper's uncommitted work tree at 00:08 UTC; stochastic cell rescaling, τ_p = 1 ps, β_T = κ_T,
-  Bussi τ_T = 0.5 ps, 10 fs steps), 4 replicas × 30 ps, 10 ps discarded, 20
+* Our engine (the npt helper's uncommitted work tree at 00:08 UTC; stochastic cell
+  rescaling, τ_p = 1 ps, β_T = κ_T, Bussi τ_T = 0.5 ps, 10 fs steps), 4 replicas × 30 ps, 10 ps discarded, 20
   blocks: ρ* = 0.5972 ± 0.0024 (+1.5 SE from the truncated-fluid prediction,
   −2.6 SE from the full-fluid one); ⟨P*⟩ = 1.792 ± 0.019; ⟨δV*²⟩ = 122 ± 20
   against k_BT⟨V⟩κ_T = 156 (−22 %, 1.7 SE). 3,000 steps of 1,024 atoms: about
