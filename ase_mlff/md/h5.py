@@ -355,6 +355,19 @@ def _system_group(f, path, system: int):
         raise ValueError(f"{path} is damaged: {error}; it cannot be read as an mlff-md run file") from None
 
 
+def _complete_frames(group) -> int:
+    """Frames of a system that a flush completed.
+
+    A SIGKILL in the middle of a flush can leave some datasets resized past the
+    last ``n_frames`` written; the rows below both are whole in every dataset.
+    """
+    frames = group["frames"]
+    lengths = [frames[name].shape[0] for name in frames]
+    if "n_frames" in group.attrs:
+        lengths.append(int(group.attrs["n_frames"]))
+    return min(lengths, default=0)
+
+
 def _guard(path, read):
     """Run ``read``; damaged contents become one ValueError naming the file."""
     try:
@@ -390,12 +403,12 @@ def read_series(path: str | os.PathLike, system: int = 0,
         def read():
             group = _system_group(f, path, system)
             frames = group["frames"]
-            series = {name: frames[name][:] for name in names}
+            n = _complete_frames(group)
+            series = {name: frames[name][:n] for name in names}
             for name in ("conserved_energy", "cell", "volume", "pressure"):
                 if name in frames:
-                    series[name] = frames[name][:]
+                    series[name] = frames[name][:n]
             if "cell" not in series:
-                n = frames["step"].shape[0]
                 cell = np.asarray(group["cell"][()], dtype=np.float64)
                 series["cell"] = np.broadcast_to(cell, (n, 3, 3)).copy()
                 series["volume"] = np.full(n, abs(float(np.linalg.det(cell))))
@@ -467,7 +480,7 @@ def read_frames(path: str | os.PathLike, index=slice(None), system: int = 0) -> 
         def read():
             group = _system_group(f, path, system)
             frames = group["frames"]
-            n = frames["step"].shape[0]
+            n = _complete_frames(group)
             try:
                 rows = list(range(n)[index]) if isinstance(index, slice) else [range(n)[index]]
             except IndexError:
