@@ -148,6 +148,20 @@ def test_batches_sliced_from_flat_frames_match_a_fresh_neighbor_list():
     np.testing.assert_array_equal(forces.numpy(), np.concatenate([data.forces[1], data.forces[0]]))
 
 
+def test_molecule_edges_are_the_neighbor_list_pairs():
+    """Open molecules take the all-pairs path by molecule size: the same pairs as NeighborList."""
+    data = read_dataset(QM9, cache_dir=False)
+    cutoff = 3.0  # shorter than most QM9 molecules: the cutoff test decides many pairs
+    frame_cache = FrameCache(data, cutoff, torch.float64)
+    assert frame_cache.shifts is None and not frame_cache.periodic
+    picked = [199, 0, 57, 3, 120, 64]  # mixed sizes, out of order
+    batch, neighbors, _, _ = frame_cache.collate(picked)
+    fresh = NeighborList(cutoff)(atoms_to_batch([data.atoms[k] for k in picked], torch.float64))
+    assert sorted(map(tuple, neighbors.edge_index.T.tolist())) == sorted(map(tuple, fresh.edge_index.T.tolist()))
+    assert 0 < neighbors.n_edges < sum(n * (n - 1) for n in data.n_atoms[picked])
+    assert not neighbors.shifts.any()
+
+
 # -- the cache ------------------------------------------------------------------------------------
 def test_cache_miss_hit_stale_and_corrupt(tmp_path):
     source = tmp_path / "qm9.extxyz.gz"
@@ -324,6 +338,21 @@ def test_info_says_whether_forces_were_trained(tmp_path):
     assert "forces            trained (energy and force loss)" in trained
     save_model(LennardJones(["Ar"]), tmp_path / "old.pt")
     assert "forces            not recorded (imported or older model)" in invoke("info", tmp_path / "old.pt").output
+
+
+def test_info_and_the_warning_count_long_composition_lists(tmp_path):
+    formulas = [f"C{n if n > 1 else ''}H{2 * n + 2}" for n in range(1, 21)]  # 20 alkanes, as a QM9 model lists hundreds
+    model = _energy_only_lj(tmp_path / "many.pt", formulas)
+    shown = invoke("info", model).output
+    assert "trained on        20 compositions (CH4, C2H6, C3H8, C4H10, C5H12, C6H14, C7H16, C8H18, ...)" in shown
+    calc = MLFFCalculator(model, dtype="float64")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        calc.get_potential_energy(molecule("H2O"))
+    messages = [str(w.message) for w in caught if w.category is OutOfTrainingWarning]
+    assert messages == ["many was trained on 20 compositions (CH4, C2H6, C3H8, C4H10, C5H12, C6H14, ...); this "
+                        "structure is H2O: predictions outside the training data may be far off (force errors "
+                        "of tens of times the test error)"]
 
 
 def test_selection_never_picks_an_energy_only_potential(tmp_path, monkeypatch):

@@ -499,7 +499,14 @@ def _trained_on(meta: dict) -> str:
     details = [f"{record['n_frames']} frames" if isinstance(record.get("n_frames"), int) else None,
                f"elements {', '.join(map(str, elements))}" if isinstance(elements, list) else None]
     shown = "; ".join(d for d in details if d)
-    return ", ".join(compositions) + (f" ({shown})" if shown else "")
+    listed = ", ".join(compositions[:_LISTED])
+    if len(compositions) > _LISTED:  # QM9: hundreds of formulas; `info --json` has them all
+        listed = f"{len(compositions)} compositions ({listed}, ...)"
+    return listed + (f" ({shown})" if shown else "")
+
+
+#: compositions ``mlff-md info`` names before it counts the rest
+_LISTED = 8
 
 
 def _forces_line(meta: dict) -> str:

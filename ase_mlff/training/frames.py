@@ -56,33 +56,13 @@ class FrameCache:
         sizes = frames.n_atoms
         for k in np.flatnonzero(frames.pbc.any(axis=1)):
             _check_cell(int(k), frames.cell[k], frames.pbc[k])  # a periodic axis needs a real cell vector
-        edges, shifts, edge_counts = [], [], np.zeros(self.n_frames, dtype=np.int64)
-        neighbor_list = NeighborList(cutoff)
-        start = 0
-        while start < self.n_frames:
-            # the largest run of frames from start whose atoms fit in a chunk (at least one frame)
-            stop = int(np.searchsorted(frames.offsets, frames.offsets[start] + _CHUNK_ATOMS, side="right")) - 1
-            stop = min(max(stop, start + 1), self.n_frames)
-            first, last = int(frames.offsets[start]), int(frames.offsets[stop])
-            n_atoms = torch.from_numpy(sizes[start:stop])
-            system = torch.repeat_interleave(torch.arange(stop - start), n_atoms)
-            batch = Batch(positions=torch.from_numpy(frames.positions[first:last]),
-                          numbers=torch.from_numpy(frames.numbers[first:last]),
-                          cell=torch.from_numpy(frames.cell[start:stop]), pbc=torch.from_numpy(frames.pbc[start:stop]),
-                          system=system, n_atoms=n_atoms)
-            neighbors = neighbor_list(batch)
-            edge_system = system[neighbors.edge_index[0]]
-            order = torch.argsort(edge_system, stable=True)  # group the edges by frame
-            local = neighbors.edge_index[:, order] - (torch.from_numpy(frames.offsets[start:stop]) - first)[
-                edge_system[order]]
-            edges.append(local.to(torch.int32))
-            if self.periodic:
-                shifts.append(neighbors.shifts[order].to(torch.int32))
-            edge_counts[start:stop] = torch.bincount(edge_system, minlength=stop - start).numpy()
-            start = stop
-        self.edge_offsets = np.concatenate([[0], np.cumsum(edge_counts)]).astype(np.int64)
-        self.edges = torch.cat(edges, dim=1).to(self.device)  # [2, n_edges], int32, local
-        self.shifts = torch.cat(shifts).to(self.device) if self.periodic else None
+        if self.periodic:
+            self.edges, self.shifts, self.edge_offsets = _periodic_edges(frames, cutoff)
+        else:  # open molecules (QM9): all pairs per molecule size, no search structure needed
+            self.edges, self.edge_offsets = _molecule_edges(frames, cutoff)
+            self.shifts = None
+        self.edges = self.edges.to(self.device)  # [2, n_edges], int32, atom indices within the frame
+        self.shifts = None if self.shifts is None else self.shifts.to(self.device)
         self.positions = torch.from_numpy(frames.positions).to(self.device, dtype)  # [n_atoms, 3], Å
         self.numbers = torch.from_numpy(frames.numbers).to(self.device)
         self.cell = torch.from_numpy(frames.cell).to(self.device, dtype)  # [n_frames, 3, 3], Å
@@ -118,6 +98,74 @@ class FrameCache:
         energy = self.energy[frames_t]
         forces = None if self.forces is None else self.forces[atoms]
         return batch, neighbors, energy, forces
+
+
+def _periodic_edges(frames, cutoff: float):
+    """(edges [2, E] int32 local, shifts [E, 3] int32, edge offsets [B + 1]) by ``NeighborList`` on chunks."""
+    sizes = frames.n_atoms
+    n_frames = len(frames)
+    edges, shifts, edge_counts = [], [], np.zeros(n_frames, dtype=np.int64)
+    neighbor_list = NeighborList(cutoff)
+    start = 0
+    while start < n_frames:
+        # the largest run of frames from start whose atoms fit in a chunk (at least one frame)
+        stop = int(np.searchsorted(frames.offsets, frames.offsets[start] + _CHUNK_ATOMS, side="right")) - 1
+        stop = min(max(stop, start + 1), n_frames)
+        first, last = int(frames.offsets[start]), int(frames.offsets[stop])
+        n_atoms = torch.from_numpy(sizes[start:stop])
+        system = torch.repeat_interleave(torch.arange(stop - start), n_atoms)
+        batch = Batch(positions=torch.from_numpy(frames.positions[first:last]),
+                      numbers=torch.from_numpy(frames.numbers[first:last]),
+                      cell=torch.from_numpy(frames.cell[start:stop]), pbc=torch.from_numpy(frames.pbc[start:stop]),
+                      system=system, n_atoms=n_atoms)
+        neighbors = neighbor_list(batch)
+        edge_system = system[neighbors.edge_index[0]]
+        order = torch.argsort(edge_system, stable=True)  # group the edges by frame
+        local = neighbors.edge_index[:, order] - (torch.from_numpy(frames.offsets[start:stop]) - first)[
+            edge_system[order]]
+        edges.append(local.to(torch.int32))
+        shifts.append(neighbors.shifts[order].to(torch.int32))
+        edge_counts[start:stop] = torch.bincount(edge_system, minlength=stop - start).numpy()
+        start = stop
+    return torch.cat(edges, dim=1), torch.cat(shifts), _offsets(edge_counts)
+
+
+# pairs per vectorised block of same-size molecules: bounds the [G, n, n, 3] float64 temporaries
+_BLOCK_PAIRS = 1_000_000
+
+
+def _molecule_edges(frames, cutoff: float):
+    """(edges [2, E] int32 local, edge offsets [B + 1]) of open molecules: every pair i != j with
+    |r_j − r_i|² < cutoff², computed in float64 as ``neighbors._small_molecule`` does, for all
+    molecules of one size at once (QM9: 27 sizes), then placed in frame order."""
+    sizes = frames.n_atoms
+    counts = np.zeros(len(frames), dtype=np.int64)
+    found = []  # (frames of the block, their edge counts, local (i, j) in frame-major order)
+    for n in np.unique(sizes):
+        members = np.flatnonzero(sizes == n)
+        per_block = max(1, _BLOCK_PAIRS // max(1, int(n) * int(n)))
+        for b in range(0, len(members), per_block):
+            block = members[b:b + per_block]
+            atoms = frames.offsets[block][:, None] + np.arange(n)  # [G, n]
+            positions = torch.from_numpy(frames.positions[atoms])  # [G, n, 3], Å, float64
+            vectors = positions[:, None, :, :] - positions[:, :, None, :]  # [G, i, j, 3] = r_j − r_i
+            close = vectors.square().sum(-1) < cutoff * cutoff
+            close.diagonal(dim1=1, dim2=2).fill_(False)
+            g, i, j = torch.nonzero(close, as_tuple=True)  # sorted by molecule, then i, then j
+            block_counts = torch.bincount(g, minlength=len(block)).numpy()
+            counts[block] = block_counts
+            found.append((block, block_counts, torch.stack([i, j]).to(torch.int32)))
+    offsets = _offsets(counts)
+    edges = torch.empty((2, int(offsets[-1])), dtype=torch.int32)
+    for block, block_counts, local in found:
+        # where each edge goes: its frame's offset plus its rank among that frame's edges
+        rank = np.arange(local.shape[1]) - np.repeat(np.cumsum(block_counts) - block_counts, block_counts)
+        edges[:, torch.from_numpy(np.repeat(offsets[block], block_counts) + rank)] = local
+    return edges, offsets
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
 
 def predict(model: torch.nn.Module, cache: FrameCache, batch_size: int = 32,
