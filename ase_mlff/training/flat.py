@@ -154,6 +154,12 @@ class FlatForces(Sequence):
             raise IndexError(f"frame {index} out of range for {len(self)} frames")
         return self.values[self.offsets[k]:self.offsets[k + 1]]
 
+    def __add__(self, other):
+        return list(self) + list(other)
+
+    def __radd__(self, other):
+        return list(other) + list(self)
+
     def subset(self, frames: Sequence[int]) -> FlatForces:
         frames = np.asarray(frames, dtype=np.int64).reshape(-1)
         sizes = np.diff(self.offsets)[frames]
