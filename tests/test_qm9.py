@@ -246,6 +246,17 @@ def test_an_unwritable_cache_costs_one_line_not_the_read(tmp_path):
     assert len(lines) == 1 and "could not write the cache" in lines[0]
 
 
+def test_info_the_cache_cannot_keep_unchanged_is_not_cached(tmp_path):
+    # an array value takes the ASE path, whose info holds an ndarray; JSON would make it a list
+    path = tmp_path / "tags.extxyz"
+    path.write_text(_text(QM9).replace("qm9_index=1 ", 'qm9_index=1 tags="1 2 3" ', 1))
+    lines = []
+    data = read_dataset(path, cache_dir=tmp_path / "cache", echo=lines.append)
+    assert isinstance(data.info[0]["tags"], np.ndarray)
+    assert len(lines) == 1 and lines[0].startswith("not cached: a ndarray value in atoms.info")
+    assert not list((tmp_path / "cache").glob("*.npz"))
+
+
 # -- energy-only training and metrics --------------------------------------------------------------
 def _energy_only_trainer(tmp_path, epochs=2):
     data = read_dataset(QM9, cache_dir=False)
@@ -372,17 +383,20 @@ def test_selection_never_picks_an_energy_only_potential(tmp_path, monkeypatch):
     assert resolve_model_path("aaa-energy-only") == folder / "aaa-energy-only.pt"  # still loadable by name
 
 
-def test_shipped_qm9_potential_is_energy_only_and_never_selected():
-    from ase_mlff.bundled import potentials_dir
-
-    shipped = sorted(p.stem for p in potentials_dir().glob("qm9-*.pt"))
-    if not shipped:
-        pytest.skip(f"no qm9-* potential in {potentials_dir()} (set MLFF_POTENTIALS to the worktree's)")
-    for name in shipped:
-        metadata = read_model_record(resolve_model_path(name))["metadata"]
-        assert energy_only(metadata), name
-        assert name not in bundled_potentials()
-        assert metadata["training_data"]["elements"] == ["C", "F", "H", "N", "O"]
+def test_shipped_qm9_potential_is_energy_only_and_never_selected(monkeypatch):
+    folder = Path(__file__).resolve().parent.parent / "potentials"
+    monkeypatch.setenv("MLFF_POTENTIALS", str(folder))  # this checkout's files, not an installed copy's
+    metadata = read_model_record(folder / "qm9-schnet.pt")["metadata"]
+    assert energy_only(metadata)
+    assert "qm9-schnet" in bundled_files() and "qm9-schnet" not in bundled_potentials()
+    assert metadata["training_data"]["elements"] == ["C", "F", "H", "N", "O"]
+    # the test molecules it reports were never trained on: the split file beside it says which
+    split = json.loads((folder / "qm9-schnet.split.json").read_text())
+    assert len(split["test"]) == 10_000 and not set(split["test"]) & set(split["train"] + split["val"])
+    assert metadata["training"]["split"]["test"] == split["test"]
+    assert metadata["metrics"]["test"]["n_frames"] == 10_000
+    ethanol = molecule("CH3CH2OH").numbers  # C, H, O: qm9-schnet covers them, yet is never picked
+    assert choose_potential(ethanol)[0] != "qm9-schnet"
 
 
 def test_calculator_warns_once_for_an_energy_only_model(tmp_path):

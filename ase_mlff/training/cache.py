@@ -106,10 +106,9 @@ def store(entry: Path, key: dict, arrays: dict) -> Path:
 
 def _json_default(value):
     if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} in atoms.info cannot be cached")
+        return value.item()  # numpy scalars (ASE's ints and floats) compare equal as Python numbers
+    # arrays would come back as lists: such info is not cached rather than changed
+    raise TypeError(f"a {type(value).__name__} value in atoms.info cannot be cached unchanged")
 
 
 def cached_read(path: Path, read: Callable[[], dict], energy_key: str, forces_key: str,
@@ -139,8 +138,11 @@ def cached_read(path: Path, read: Callable[[], dict], energy_key: str, forces_ke
     arrays = read()
     try:
         store(entry, key, arrays)
-    except (OSError, TypeError) as error:
-        echo(f"could not write the cache {entry} ({getattr(error, 'strerror', None) or error}); "
+    except OSError as error:
+        echo(f"could not write the cache {entry} ({error.strerror or error}); "
              "reading without a cache (choose a writable --cache-dir)")
+        return arrays, "uncached"
+    except TypeError as error:
+        echo(f"not cached: {error}; reading {path} without a cache")
         return arrays, "uncached"
     return arrays, "stored"
