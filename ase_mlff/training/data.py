@@ -22,7 +22,6 @@ import gzip
 import hashlib
 import lzma
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -440,13 +439,3 @@ def check_dataset(data: Dataset, species: Sequence[str] | None = None, name: str
                 f"{', '.join(species)}, cannot represent; train on data whose elements the "
                 "model covers or add them to --species"
             )
-
-
-def warn_energy_only(data: Dataset) -> None:
-    if data.forces is None:
-        warnings.warn(
-            f"{data.source} has no forces: training on the energy loss alone; the model has "
-            "never seen forces, so its forces (and any MD with it) are untested",
-            UserWarning,
-            stacklevel=2,
-        )
