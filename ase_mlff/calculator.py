@@ -21,7 +21,15 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from .batch import Batch, atoms_to_batch, check_positions, dtype_name, resolve_device, resolve_dtype
 from .compiled import compiled, evaluate
-from .compositions import OutOfTrainingWarning, composition, out_of_training_message, training_compositions
+from .compositions import (
+    EnergyOnlyWarning,
+    OutOfTrainingWarning,
+    composition,
+    energy_only,
+    energy_only_message,
+    out_of_training_message,
+    training_compositions,
+)
 from .forces import compute
 from .io import load_model
 from .models import Potential
@@ -93,6 +101,8 @@ class MLFFCalculator(Calculator):
         self._trained_on = training_compositions(getattr(self.model, "metadata", None))
         self._model_label = Path(getattr(self.model, "source", None) or name).stem
         self._warned: set[str] = set()
+        # energy-only model: one EnergyOnlyWarning at the first structure
+        self._warn_energy_only = energy_only(getattr(self.model, "metadata", None))
         self._checked_numbers: np.ndarray | None = None
 
     # -- ASE contract ------------------------------------------------------------
@@ -207,7 +217,13 @@ class MLFFCalculator(Calculator):
         Models that do not record their training compositions never warn. The
         calculator calls this itself whenever the atomic numbers change, so
         MD steps (where only positions change) never pay for it.
+
+        An energy-only model (:func:`~ase_mlff.compositions.energy_only`) warns once,
+        at the first structure, with :class:`~ase_mlff.compositions.EnergyOnlyWarning`.
         """
+        if self._warn_energy_only:
+            self._warn_energy_only = False
+            warnings.warn(energy_only_message(self._model_label), EnergyOnlyWarning, stacklevel=2)
         if self._trained_on is None:
             return
         numbers = atoms.numbers

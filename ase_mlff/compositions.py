@@ -14,6 +14,14 @@ force error on aspirin (C9H8O4) is about 0.7 eV/Å, fifty times its ethanol
 test error, with no sign of trouble in the numbers it returns. So calculators
 warn, once per composition, when a structure's composition is not in that
 list; models without the record (imported or older files) never warn.
+
+A model trained without forces (QM9's energies, say) is marked
+``metadata["training"]["forces_trained"] = False`` by the trainer: its
+energies were fitted, its forces (the gradient of those energies) never
+were. :func:`energy_only` reads the mark; calculators warn once
+(:class:`EnergyOnlyWarning`), ``mlff-md info`` says it, and automatic
+selection of a bundled potential never picks such a model
+(:func:`ase_mlff.bundled.bundled_potentials`).
 """
 
 from __future__ import annotations
@@ -31,6 +39,33 @@ TRAINING_DATA_KEY = "training_data"
 
 class OutOfTrainingWarning(UserWarning):
     """A structure's composition was never in the model's training data."""
+
+
+class EnergyOnlyWarning(OutOfTrainingWarning):
+    """The model was trained on energies only: its forces were never fitted.
+
+    A subclass of :class:`OutOfTrainingWarning` (forces are outside what it was
+    trained on), so whatever shows or silences those treats this one alike.
+    """
+
+
+def forces_trained(metadata: dict | None) -> bool | None:
+    """``metadata["training"]["forces_trained"]``: False for an energy-only model, None where unrecorded."""
+    training = metadata.get("training") if isinstance(metadata, dict) else None
+    value = training.get("forces_trained") if isinstance(training, dict) else None
+    return value if isinstance(value, bool) else None
+
+
+def energy_only(metadata: dict | None) -> bool:
+    """Whether the model says it was trained without forces (unrecorded counts as not)."""
+    return forces_trained(metadata) is False
+
+
+def energy_only_message(model_name: str) -> str:
+    """The one-line warning for using an energy-only model."""
+    return (f"{model_name} was trained on energies only: its forces were never trained, so forces, MD "
+            "and relaxations with it are unvalidated (energies of structures like its training data are "
+            "what it was fitted to)")
 
 
 def composition_of_numbers(numbers: Iterable[int]) -> str:
@@ -59,9 +94,18 @@ def composition(atoms: Atoms) -> str:
 
 
 def training_data_record(frames: Sequence[Atoms]) -> dict:
-    """``metadata["training_data"]`` for a model trained on ``frames``: sorted compositions and elements."""
-    compositions = {composition(a) for a in frames}
-    numbers = {int(z) for a in frames for z in np.unique(a.numbers)}
+    """``metadata["training_data"]`` for a model trained on ``frames``: sorted compositions and elements.
+
+    ``frames`` may be flat (:class:`~ase_mlff.training.flat.FlatFrames`, with ``numbers`` and
+    ``offsets``): then no ``Atoms`` are built.
+    """
+    if hasattr(frames, "offsets") and hasattr(frames, "numbers"):
+        flat = np.asarray(frames.numbers)
+        compositions = {composition_of_numbers(flat[a:b]) for a, b in zip(frames.offsets[:-1], frames.offsets[1:])}
+        numbers = {int(z) for z in np.unique(flat)}
+    else:
+        compositions = {composition(a) for a in frames}
+        numbers = {int(z) for a in frames for z in np.unique(a.numbers)}
     return {"compositions": sorted(compositions), "elements": sorted(chemical_symbols[z] for z in numbers),
             "n_frames": len(frames)}
 
@@ -81,7 +125,18 @@ def training_compositions(metadata: dict | None) -> list[str] | None:
 
 
 def out_of_training_message(model_name: str, trained_on: Sequence[str], structure_composition: str) -> str:
-    """The one-line warning for a structure of a composition the model was not trained on."""
-    return (f"{model_name} was trained on {', '.join(trained_on)}; this structure is {structure_composition}: "
+    """The one-line warning for a structure of a composition the model was not trained on.
+
+    A model trained on many compositions (QM9: hundreds) is named by the first few
+    and a count, so that the line stays a line.
+    """
+    shown = ", ".join(trained_on[:_LISTED])
+    if len(trained_on) > _LISTED:
+        shown = f"{len(trained_on)} compositions ({shown}, ...)"
+    return (f"{model_name} was trained on {shown}; this structure is {structure_composition}: "
             "predictions outside the training data may be far off (force errors of tens of times the "
             "test error)")
+
+
+#: compositions named in the out-of-training warning before it counts the rest
+_LISTED = 6

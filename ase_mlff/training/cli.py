@@ -139,12 +139,16 @@ def _count(value: str | None, name: str):
     return int(number)
 
 
-def _read(path, energy_unit, length_unit, energy_key="energy", forces_key="forces"):
+def _read(path, energy_unit, length_unit, energy_key="energy", forces_key="forces", cache=(None, False)):
+    """The data file as a Dataset; ``cache`` is (--cache-dir, --no-cache)."""
     from .data import read_dataset
 
+    cache_dir, no_cache = cache  # a cache that cannot be written costs a line, never the run
     try:
         return read_dataset(path, energy_unit=energy_unit, length_unit=length_unit,
-                            energy_key=energy_key, forces_key=forces_key)
+                            energy_key=energy_key, forces_key=forces_key,
+                            cache_dir=False if no_cache else cache_dir,
+                            echo=lambda line: click.echo(line, err=True))
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from None
 
@@ -172,6 +176,20 @@ _units = [
 
 def _with_units(function):
     for option in reversed(_units):
+        function = option(function)
+    return function
+
+
+_cache_options = [
+    click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                 help="Folder of the parsed-data cache (default: $XDG_CACHE_HOME/ase-mlff or "
+                      "~/.cache/ase-mlff, for text files of 8 MB or more; a folder given here caches any size)."),
+    click.option("--no-cache", is_flag=True, help="Parse the data file without reading or writing the cache."),
+]
+
+
+def _with_cache(function):
+    for option in reversed(_cache_options):
         function = option(function)
     return function
 
@@ -228,13 +246,14 @@ def _with_units(function):
               help="Extra metadata stored in the model file (VALUE parsed as JSON if possible).")
 @click.option("--tensorboard", "tensorboard_dir", default=None, type=click.Path(file_okay=False),
               help="Also log to TensorBoard in this folder (needs tensorboard).")
+@_with_cache
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch progress lines.")
 @_on_ranks
 def train(data, output, architecture, species, energy_unit, length_unit, energy_key, forces_key,
           split_file, split_tag, n_train, n_val, n_test, val_block, seed, threads, metadata_items,
-          tensorboard_dir, resume, overwrite, quiet, **hyper):
+          tensorboard_dir, resume, overwrite, quiet, cache_dir, no_cache, **hyper):
     """Train a potential on DATA (extxyz/db/traj, MD17 .npz, mlff-md .h5) and write --output."""
     from ..threads import set_threads
     from .splits import load_split, random_split, save_split, tagged_split
@@ -271,7 +290,12 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
                              seed=seed, **hyper)
     except ValueError as error:
         raise _fail(error) from None
-    dataset = _read(data, energy_unit, length_unit, energy_key, forces_key)
+    dataset = _read(data, energy_unit, length_unit, energy_key, forces_key, (cache_dir, no_cache))
+    if not dataset.has_forces and hyper["forces_weight"] > 0 and (
+            click.get_current_context().get_parameter_source("forces_weight")
+            is click.core.ParameterSource.COMMANDLINE):
+        click.echo(f"warning: --forces-weight {hyper['forces_weight']} has nothing to weigh: {data} has no "
+                   "forces, so only the energy loss is trained (drop --forces-weight)", err=True)
     try:
         if resume:
             split = load_split(split_path)
@@ -343,8 +367,9 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
               help="auto, cpu, cuda or cuda:N.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads.")
+@_with_cache
 def evaluate(model, data, energy_unit, length_unit, subset, split_file, plot, json_path, batch_size,
-             device, dtype, threads):
+             device, dtype, threads, cache_dir, no_cache):
     """Errors of MODEL (file or bundled name) on DATA: energy and force MAE/RMSE."""
     from ..io import load_model
     from ..threads import set_threads
@@ -362,7 +387,7 @@ def evaluate(model, data, energy_unit, length_unit, subset, split_file, plot, js
         potential = load_model(model)
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from None
-    dataset = _read(data, energy_unit, length_unit)
+    dataset = _read(data, energy_unit, length_unit, cache=(cache_dir, no_cache))
     try:
         if subset:
             if split_file:
@@ -447,6 +472,7 @@ def info(model, as_json):
     elif training is not None:
         lines.append(f"training          {json.dumps(training, default=str)}")
     lines.append(f"trained on        {_trained_on(meta)}")
+    lines.append(f"forces            {_forces_line(meta)}")
     tables = []
     metrics = meta.get("metrics", {})
     for name, values in (metrics.items() if isinstance(metrics, dict) else []):
@@ -473,7 +499,27 @@ def _trained_on(meta: dict) -> str:
     details = [f"{record['n_frames']} frames" if isinstance(record.get("n_frames"), int) else None,
                f"elements {', '.join(map(str, elements))}" if isinstance(elements, list) else None]
     shown = "; ".join(d for d in details if d)
-    return ", ".join(compositions) + (f" ({shown})" if shown else "")
+    listed = ", ".join(compositions[:_LISTED])
+    if len(compositions) > _LISTED:  # QM9: hundreds of formulas; `info --json` has them all
+        listed = f"{len(compositions)} compositions ({listed}, ...)"
+    return listed + (f" ({shown})" if shown else "")
+
+
+#: compositions ``mlff-md info`` names before it counts the rest
+_LISTED = 8
+
+
+def _forces_line(meta: dict) -> str:
+    """Whether the model's forces were trained (the ``forces_trained`` mark of its metadata)."""
+    from ..compositions import forces_trained
+
+    trained = forces_trained(meta)
+    if trained is None:
+        return "not recorded (imported or older model)"
+    if trained:
+        return "trained (energy and force loss)"
+    return ("NOT trained: energy-only model (forces_trained false); its forces, MD and relaxations are "
+            "unvalidated, and automatic selection never picks it")
 
 
 def _training_lines(training: dict) -> list[str]:
@@ -494,8 +540,6 @@ def _training_lines(training: dict) -> list[str]:
         + (f", energy loss {config['energy_loss']}" if config.get("energy_loss") else "")
         + f", EMA {config.get('ema_decay')}",
     ]
-    if not training.get("forces_trained", True):
-        lines.append("warning           trained on energies only: its forces were never fitted")
     return lines
 
 

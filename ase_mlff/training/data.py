@@ -17,32 +17,40 @@ kcal/mol and Å gives energies × 0.04336 eV and forces × 0.04336 eV/Å.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
+import lzma
 import os
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.data import chemical_symbols
+from ase.data import atomic_numbers, chemical_symbols
 
 from ..units import energy_factor, length_factor
+from .flat import FlatForces, FlatFrames
 
 #: file suffixes handled by the dedicated readers (everything else goes to ase.io.read)
 NPZ_SUFFIXES = (".npz",)
 HDF5_SUFFIXES = (".h5", ".hdf5")
+#: compressed files, read through these openers
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Frames with reference labels, in eV and Å.
+    """Frames with reference labels, in eV and Å, held as flat arrays.
 
     Attributes:
-        atoms: structures (positions Å, numbers, cell Å, pbc), no calculators.
+        atoms: the structures (positions Å, numbers, cell Å, pbc), no calculators: a list of
+            ``Atoms`` is stored as :class:`~ase_mlff.training.flat.FlatFrames` (flat arrays;
+            ``atoms[k]`` builds frame k's ``Atoms`` on demand).
         energy: [n_frames] eV, total energies.
-        forces: one [n_atoms, 3] eV/Å array per frame, or None (energy-only data).
+        forces: per frame [n_atoms, 3] eV/Å (stored as :class:`~ase_mlff.training.flat.FlatForces`),
+            or None (energy-only data).
         info: per-frame metadata (``atoms.info`` for ASE formats, empty otherwise).
         source: where the frames came from (for messages and metadata).
         file_index: per frame, its index in ``source`` (None: frame k is frame k of the
@@ -50,12 +58,22 @@ class Dataset:
             test set name the frames a user can find in the file.
     """
 
-    atoms: list[Atoms]
+    atoms: FlatFrames
     energy: np.ndarray
-    forces: list[np.ndarray] | None
+    forces: FlatForces | None
     info: list[dict] = field(default_factory=list)
     source: str = "<memory>"
     file_index: list[int] | None = None
+
+    def __post_init__(self):
+        # frozen: normalise the containers once, here
+        frames = FlatFrames.from_atoms(self.atoms)
+        object.__setattr__(self, "atoms", frames)
+        object.__setattr__(self, "energy", np.asarray(self.energy, dtype=np.float64).reshape(-1))
+        if self.forces is not None:
+            object.__setattr__(self, "forces", FlatForces.from_list(self.forces, frames.offsets))
+        if len(self.energy) != len(frames):
+            raise ValueError(f"{self.source}: {len(self.energy)} energies for {len(frames)} frames")
 
     def __len__(self) -> int:
         return len(self.atoms)
@@ -67,20 +85,19 @@ class Dataset:
     @property
     def species(self) -> list[str]:
         """Elements present, sorted by atomic number."""
-        numbers = sorted({int(z) for a in self.atoms for z in a.numbers})
-        return [chemical_symbols[z] for z in numbers]
+        return [chemical_symbols[int(z)] for z in np.unique(self.atoms.numbers)]
 
     @property
     def n_atoms(self) -> np.ndarray:
-        return np.array([len(a) for a in self.atoms], dtype=np.int64)
+        return self.atoms.n_atoms
 
     def subset(self, indices: Sequence[int]) -> Dataset:
         indices = [int(k) for k in indices]
         file_index = self.file_indices()
         return Dataset(
-            atoms=[self.atoms[k] for k in indices],
+            atoms=self.atoms.subset(indices),
             energy=self.energy[indices],
-            forces=None if self.forces is None else [self.forces[k] for k in indices],
+            forces=None if self.forces is None else self.forces.subset(indices),
             info=[self.info[k] for k in indices] if self.info else [],
             source=self.source,
             file_index=[file_index[k] for k in indices],
@@ -91,16 +108,22 @@ class Dataset:
         return list(range(len(self))) if self.file_index is None else list(self.file_index)
 
     def fingerprint(self) -> str:
-        """sha256 of numbers, positions, cells, pbc and labels (identifies the training data)."""
+        """sha256 of numbers, positions, cells, pbc and labels (identifies the training data).
+
+        Frame by frame (numbers int64, positions, cell, pbc, energy, forces), so the hash of
+        a data file is the same however it was read.
+        """
         digest = hashlib.sha256()
-        for k, a in enumerate(self.atoms):
-            digest.update(np.ascontiguousarray(a.numbers, dtype=np.int64).tobytes())
-            digest.update(np.ascontiguousarray(a.positions, dtype=np.float64).tobytes())
-            digest.update(np.ascontiguousarray(a.cell.array, dtype=np.float64).tobytes())
-            digest.update(np.ascontiguousarray(a.pbc, dtype=bool).tobytes())
+        frames, offsets = self.atoms, self.atoms.offsets
+        for k in range(len(self)):
+            atoms = slice(offsets[k], offsets[k + 1])
+            digest.update(frames.numbers[atoms].tobytes())
+            digest.update(frames.positions[atoms].tobytes())
+            digest.update(frames.cell[k].tobytes())
+            digest.update(frames.pbc[k].tobytes())
             digest.update(np.float64(self.energy[k]).tobytes())
             if self.forces is not None:
-                digest.update(np.ascontiguousarray(self.forces[k], dtype=np.float64).tobytes())
+                digest.update(self.forces.values[atoms].tobytes())
         return digest.hexdigest()
 
 
@@ -146,47 +169,104 @@ def from_atoms(frames: Sequence[Atoms], energy_key: str = "energy", forces_key: 
 
 def _converted(atoms, energy, forces, info, source, energy_unit, length_unit) -> Dataset:
     e_factor, l_factor = energy_factor(energy_unit), length_factor(length_unit)
+    atoms = FlatFrames.from_atoms(atoms)
     if l_factor != 1.0:
-        for a in atoms:
-            a.set_cell(a.cell.array * l_factor, scale_atoms=False)
-            a.positions = a.positions * l_factor
+        atoms = atoms.scaled(l_factor)
     energy = np.asarray(energy, dtype=np.float64) * e_factor
     if forces is not None:
-        forces = [np.asarray(f, dtype=np.float64) * (e_factor / l_factor) for f in forces]
+        forces = FlatForces.from_list(forces, atoms.offsets)
+        if e_factor / l_factor != 1.0:
+            forces = FlatForces(forces.values * (e_factor / l_factor), forces.offsets)
     return Dataset(atoms, energy, forces, info, source)
 
 
 def read_dataset(path: str | os.PathLike, index: str = ":", energy_unit: str = "eV",
                  length_unit: str = "Å", energy_key: str = "energy",
-                 forces_key: str = "forces", format: str | None = None) -> Dataset:
+                 forces_key: str = "forces", format: str | None = None,
+                 cache_dir: str | os.PathLike | bool | None = None,
+                 echo: Callable[[str], None] | None = None) -> Dataset:
     """Read a data file into a :class:`Dataset` in eV and Å.
+
+    Extended XYZ in the common layout goes through the fast reader
+    (:mod:`ase_mlff.training.extxyz`), everything else through ``ase.io.read``.
+    Text files of at least :data:`~ase_mlff.training.cache.MIN_CACHED_BYTES` are
+    cached as flat arrays (:mod:`ase_mlff.training.cache`), so a second read takes
+    a second.
 
     Args:
         index: ASE-style frame selection (``":"``, ``"0:100"``, ``"::10"``).
         energy_unit: unit of the energies (and of the energy in the force unit) in the file.
         length_unit: unit of positions and cell in the file.
         format: ASE format name, when the suffix does not tell it.
+        cache_dir: cache folder; None: :func:`~ase_mlff.training.cache.default_cache_dir`
+            for large files only; False: no cache; a folder: cache whatever the size.
+        echo: where the one line about a stale or corrupt cache goes (default: stderr).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
+    if path.is_dir():
+        raise ValueError(f"data file {path} is a folder; give a file")
     suffix = path.suffix.lower()
     if suffix in NPZ_SUFFIXES:
         data = _read_npz(path, energy_unit, length_unit)
     elif suffix in HDF5_SUFFIXES and format is None:
         data = _read_hdf5(path, energy_unit, length_unit)
     else:
-        try:
-            frames = _ase_read(path, format)
-        except Exception as error:  # ase raises many types for unreadable files
-            raise ValueError(
-                f"could not read {path} with ase.io.read: {error}; training data can be any "
-                "ASE-readable file with energies, an MD17/rMD17 .npz, or an mlff-md .h5"
-            ) from None
-        data = from_atoms(frames, energy_key, forces_key, str(path), energy_unit, length_unit)
+        from . import cache
+
+        def read() -> dict:
+            return _read_text(path, format, energy_key, forces_key)
+
+        if cache_dir is None and path.stat().st_size >= cache.MIN_CACHED_BYTES:
+            cache_dir = cache.default_cache_dir()
+        if cache_dir is None or cache_dir is False:
+            arrays = read()
+        else:
+            arrays, _ = cache.cached_read(path, read, energy_key, forces_key, cache_dir, echo)
+        frames = FlatFrames(arrays["numbers"], arrays["positions"], arrays["offsets"], arrays["cell"],
+                            arrays["pbc"])
+        forces = arrays.get("forces")
+        data = _converted(frames, arrays["energy"], None if forces is None else FlatForces(forces, frames.offsets),
+                          arrays["info"], str(path), energy_unit, length_unit)
     if index != ":":
         data = data.subset(_select(len(data), index))
     return data
+
+
+_XYZ_SUFFIXES = (".xyz", ".extxyz")
+
+
+def _read_text(path: Path, format: str | None, energy_key: str, forces_key: str) -> dict:
+    """Flat arrays (file units) of an ASE-readable file: the fast extxyz reader, else ase.io.read."""
+    from . import extxyz
+
+    parsed = None
+    inner = Path(path.stem).suffix.lower() if path.suffix.lower() in _OPENERS else path.suffix.lower()
+    if format in (None, "extxyz") and inner in _XYZ_SUFFIXES:
+        opener = _OPENERS.get(path.suffix.lower(), open)
+        try:
+            with opener(path, "rb") as handle:
+                text = handle.read().decode()
+        except (OSError, EOFError, UnicodeDecodeError):
+            text = None  # ASE's reader gives the message
+        parsed = extxyz.parse(text, energy_key, forces_key) if text is not None else None
+    if parsed is not None:
+        return {"numbers": parsed.numbers, "positions": parsed.positions, "offsets": parsed.offsets,
+                "cell": parsed.cell, "pbc": parsed.pbc, "energy": parsed.energy, "forces": parsed.forces,
+                "info": parsed.info}
+    try:
+        atoms = _ase_read(path, format)
+    except Exception as error:  # ase raises many types for unreadable files
+        raise ValueError(
+            f"could not read {path} with ase.io.read: {error}; training data can be any "
+            "ASE-readable file with energies, an MD17/rMD17 .npz, or an mlff-md .h5"
+        ) from None
+    data = from_atoms(atoms, energy_key, forces_key, str(path))
+    frames = data.atoms
+    return {"numbers": frames.numbers, "positions": frames.positions, "offsets": frames.offsets,
+            "cell": frames.cell, "pbc": frames.pbc, "energy": data.energy,
+            "forces": None if data.forces is None else data.forces.values, "info": data.info}
 
 
 def _ase_read(path: Path, format: str | None) -> list[Atoms]:
@@ -196,16 +276,12 @@ def _ase_read(path: Path, format: str | None) -> list[Atoms]:
     every frame, which takes minutes for a few thousand frames; a temporary
     plain copy takes a fraction of a second.
     """
-    import bz2
-    import gzip
-    import lzma
     import shutil
     import tempfile
 
     from ase.io import read
 
-    openers = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-    opener = openers.get(path.suffix.lower())
+    opener = _OPENERS.get(path.suffix.lower())
     if opener is None:
         return read(path, index=":", format=format)
     with tempfile.TemporaryDirectory(prefix="ase-mlff-") as folder:
@@ -295,28 +371,32 @@ def _frames(indices: list[int]) -> str:
     return f"{indices[:10]}{' ...' if len(indices) > 10 else ''}"
 
 
+def _frame_key(frames: FlatFrames, k: int) -> bytes:
+    # positions rounded to 1e-6 Å: identical geometries written by different tools collide
+    return hashlib.sha1(frames.numbers_of(k).tobytes() + np.round(frames.positions_of(k), 6).tobytes()
+                        + np.round(frames.cell[k], 6).tobytes()).digest()
+
+
 def check_labels(data: Dataset, name: str = "data") -> None:
-    """Refuse NaN/inf positions or labels and forces of the wrong shape, naming the frames of the file."""
+    """Refuse NaN/inf positions or labels, naming the frames of the file.
+
+    (Forces of the wrong shape cannot reach here: :class:`Dataset` refuses them.)
+    """
     if len(data) == 0:
         raise ValueError(f"{name} ({data.source}) holds no frames")
     where = data.file_indices()
-    bad = [k for k, e in enumerate(data.energy) if not np.isfinite(e)]
+    frames = data.atoms
+    bad_atoms = ~np.isfinite(frames.positions).all(axis=1)
     if data.forces is not None:
-        bad += [k for k, f in enumerate(data.forces) if not np.isfinite(f).all()]
-    bad += [k for k, a in enumerate(data.atoms) if not np.isfinite(a.positions).all()]
+        bad_atoms |= ~np.isfinite(data.forces.values).all(axis=1)
+    bad = set(np.flatnonzero(~np.isfinite(data.energy)).tolist())
+    bad |= set(np.unique(frames.frame_of_atom[bad_atoms]).tolist())
     if bad:
         bad = sorted({where[k] for k in bad})
         raise ValueError(
             f"{name} ({data.source}): {len(bad)} frame(s) have NaN or infinite positions, "
             f"energies or forces (frames {_frames(bad)} of the file); remove them from the data file"
         )
-    if data.forces is not None:
-        shapes = [k for k, (a, f) in enumerate(zip(data.atoms, data.forces)) if f.shape != (len(a), 3)]
-        if shapes:
-            k = shapes[0]
-            raise ValueError(f"{name} ({data.source}): forces of frame {where[k]} of the file have shape "
-                             f"{data.forces[k].shape}, expected ({len(data.atoms[k])}, 3); fix or remove "
-                             "that frame")
 
 
 def check_dataset(data: Dataset, species: Sequence[str] | None = None, name: str = "data") -> None:
@@ -330,13 +410,11 @@ def check_dataset(data: Dataset, species: Sequence[str] | None = None, name: str
     """
     check_labels(data, name)
     where = data.file_indices()
+    frames = data.atoms
     seen: dict[bytes, int] = {}
     duplicates = []
-    for k, a in enumerate(data.atoms):
-        # positions rounded to 1e-6 Å: identical geometries written by different tools collide
-        key = hashlib.sha1(np.ascontiguousarray(a.numbers, dtype=np.int64).tobytes()
-                           + np.round(a.positions, 6).tobytes()
-                           + np.round(a.cell.array, 6).tobytes()).digest()
+    for k in range(len(frames)):
+        key = _frame_key(frames, k)
         if key in seen:
             duplicates.append((where[seen[key]], where[k]))
         else:
@@ -352,21 +430,12 @@ def check_dataset(data: Dataset, species: Sequence[str] | None = None, name: str
         covered = set(species)
         uncovered = sorted(set(data.species) - covered)
         if uncovered:
-            frames = [where[k] for k, a in enumerate(data.atoms)
-                      if set(a.get_chemical_symbols()) - covered]
+            allowed = np.array([atomic_numbers[s] for s in covered if s in atomic_numbers], dtype=np.int64)
+            outside = ~np.isin(frames.numbers, allowed)
+            bad = np.unique(frames.frame_of_atom[outside])
             raise ValueError(
                 f"{name} ({data.source}) contains element(s) {', '.join(uncovered)} in "
-                f"{len(frames)} frame(s) (first: frame {frames[0]} of the file) that the model, covering "
+                f"{len(bad)} frame(s) (first: frame {where[int(bad[0])]} of the file) that the model, covering "
                 f"{', '.join(species)}, cannot represent; train on data whose elements the "
                 "model covers or add them to --species"
             )
-
-
-def warn_energy_only(data: Dataset) -> None:
-    if data.forces is None:
-        warnings.warn(
-            f"{data.source} has no forces: training on the energy loss alone; the model has "
-            "never seen forces, so its forces (and any MD with it) are untested",
-            UserWarning,
-            stacklevel=2,
-        )

@@ -31,8 +31,8 @@ def error_metrics(data: Dataset, energy: np.ndarray, forces: list[np.ndarray] | 
         "energy_rmse_meV_per_atom": float(np.sqrt((per_atom**2).mean())),
     }
     if forces is not None and data.forces is not None:
-        delta = np.concatenate([f - r for f, r in zip(forces, data.forces)]) * 1e3  # [N, 3], meV/Å
-        numbers = np.concatenate([a.numbers for a in data.atoms])
+        delta = (np.concatenate(list(forces)) - data.forces.values) * 1e3  # [N, 3], meV/Å
+        numbers = data.atoms.numbers
         metrics["forces_mae_meV_per_A"] = float(np.abs(delta).mean())
         metrics["forces_rmse_meV_per_A"] = float(np.sqrt((delta**2).mean()))
         metrics["forces_per_element"] = {
@@ -57,7 +57,7 @@ def evaluate_model(model: torch.nn.Module, data: Dataset, batch_size: int = 32,
     if int(batch_size) < 1:
         raise ValueError(f"batch size must be at least 1 frame, got {batch_size}")
     check_labels(data, "reference data")
-    model.check_numbers({int(z) for a in data.atoms for z in a.numbers})
+    model.check_numbers({int(z) for z in np.unique(data.atoms.numbers)})
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
     model = model.to(device=torch_device, dtype=torch_dtype).eval()
     cache = FrameCache(data, model.cutoff, torch_dtype, torch_device)
@@ -103,7 +103,7 @@ def parity_plot(data: Dataset, energy: np.ndarray, forces: list[np.ndarray] | No
     pairs = [(axes[0, 0], (reference - offset) * 1e3, (predicted - offset) * 1e3,
               f"energy − {offset:.4f} eV/atom (meV/atom)")]
     if forces is not None:
-        pairs.append((axes[0, 1], np.concatenate(data.forces).ravel(), np.concatenate(forces).ravel(),
+        pairs.append((axes[0, 1], data.forces.values.ravel(), np.concatenate(forces).ravel(),
                       "force component (eV/Å)"))
     for axis, x, y, label in pairs:
         low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))

@@ -33,11 +33,15 @@ class EnergyReference:
 
 def composition_matrix(data: Dataset, species: list[str]) -> np.ndarray:
     """[n_frames, n_species] element counts."""
-    column = {atomic_numbers[s]: k for k, s in enumerate(species)}
+    column = np.full(max([atomic_numbers[s] for s in species] + [int(data.atoms.numbers.max(initial=0))]) + 1, -1)
+    for k, s in enumerate(species):
+        column[atomic_numbers[s]] = k
+    columns = column[data.atoms.numbers]
+    if (columns < 0).any():
+        missing = sorted({int(z) for z in data.atoms.numbers[columns < 0]})
+        raise ValueError(f"elements with Z = {missing} are not among the species {species}")
     counts = np.zeros((len(data), len(species)))
-    for b, a in enumerate(data.atoms):
-        for z in a.numbers:
-            counts[b, column[int(z)]] += 1
+    np.add.at(counts, (data.atoms.frame_of_atom, columns), 1.0)
     return counts
 
 
@@ -48,7 +52,7 @@ def fit_energy_reference(data: Dataset, species: list[str]) -> EnergyReference:
     per_atom = residual / data.n_atoms
     shift = float(per_atom.mean())
     if data.forces is not None:
-        components = np.concatenate([f.reshape(-1) for f in data.forces])
+        components = data.forces.values.reshape(-1)
         scale = float(np.sqrt(np.mean(components**2)))
     else:
         scale = float(per_atom.std())

@@ -52,7 +52,7 @@ from ..files import atomic_write
 from ..forces import compute
 from ..io import save_model
 from ..models import Potential, get_architecture
-from .data import Dataset, check_dataset, warn_energy_only
+from .data import Dataset, check_dataset
 from .distributed import SINGLE, Distributed
 from .evaluate import error_metrics
 from .frames import FrameCache, predict
@@ -206,7 +206,6 @@ class Trainer:
         if self.val_data is None:
             raise ValueError("the split has no validation frames; the best model is chosen on "
                              "validation, so give --n-val > 0 or a 'val' list in the split file")
-        warn_energy_only(data)
         self.use_forces = data.has_forces and config.forces_weight > 0
         if not data.has_forces and config.energy_weight == 0:
             raise ValueError("the data has no forces and the energy weight is 0: nothing to learn")
@@ -243,6 +242,9 @@ class Trainer:
         self.best_epoch = 0
         self.elapsed_s = 0.0  # training time over all sessions (resumes add up)
         self.data_hash = data.fingerprint()
+        if not data.has_forces:  # not a warning: the model file says it and warns whoever uses it
+            self.echo(f"{data.source} has no forces: energy-only training (the model file is marked "
+                      "forces_trained: false)")
 
     # -- loss ----------------------------------------------------------------------
     def _loss(self, energy, energy_ref, n_atoms, forces, forces_ref, n_frames: int | None = None,
@@ -432,7 +434,8 @@ class Trainer:
         writer = csv.writer(log)
         if new_log:
             writer.writerow(["epoch", "time_s", "learning_rate", "train_loss", "val_loss",
-                             "val_energy_mae_meV_per_atom", "val_forces_mae_meV_per_A", "best"])
+                             "val_energy_mae_meV_per_atom", "val_forces_mae_meV_per_A", "best",
+                             "val_energy_mae_meV"])
         tensorboard = None
         if self.tensorboard_dir and main:
             try:
@@ -472,7 +475,7 @@ class Trainer:
                 forces_mae = metrics.get("forces_mae_meV_per_A", float("nan"))
                 writer.writerow([self.epoch, f"{self.elapsed_s:.1f}", f"{lr:.3e}", f"{train_loss:.6g}",
                                  f"{val_loss:.6g}", f"{metrics['energy_mae_meV_per_atom']:.4f}",
-                                 f"{forces_mae:.3f}", int(improved)])
+                                 f"{forces_mae:.3f}", int(improved), f"{metrics['energy_mae_meV']:.3f}"])
                 log.flush()
                 if tensorboard is not None:
                     for key, value in (("loss/train", train_loss), ("loss/val", val_loss),
@@ -481,8 +484,9 @@ class Trainer:
                         tensorboard.add_scalar(key, value, self.epoch)
                 self.echo(f"epoch {self.epoch:5d}  {self.elapsed_s / 60:6.1f} min  lr {lr:.2e}  "
                           f"train {train_loss:.4g}  val {val_loss:.4g}  "
-                          f"E {metrics['energy_mae_meV_per_atom']:.3f} meV/atom  "
-                          f"F {forces_mae:.2f} meV/Å{'  *' if improved else ''}")
+                          f"E {metrics['energy_mae_meV']:.2f} meV ({metrics['energy_mae_meV_per_atom']:.3f} "
+                          f"meV/atom)  " + (f"F {forces_mae:.2f} meV/Å" if self.use_forces else "F not trained")
+                          + ("  *" if improved else ""))
                 reason = None
                 if self.epoch - self.best_epoch >= config.patience:
                     reason = "early_stopping"
