@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -31,3 +31,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], private:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def existing(paths: Iterable[Path], overwrite: bool, what: str, hint: str) -> list[Path]:
+    """The ``paths`` that exist; unless ``overwrite``, a FileExistsError "<what>: a, b, c and 2 more; <hint>"."""
+    taken = [p for p in paths if p.exists()]
+    if taken and not overwrite:
+        shown = ", ".join(map(str, taken[:3])) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
+        raise FileExistsError(f"{what}: {shown}; {hint}")
+    return taken

@@ -26,7 +26,7 @@ import torch
 from ase import Atoms
 
 from .. import units
-from ..files import atomic_write
+from ..files import atomic_write, existing
 from .barostat import init_barostat
 from .forcefield import ForceField
 from .h5 import FORMAT_VERSION, read_checkpoint
@@ -172,11 +172,8 @@ def _claim_outputs(paths: dict, overwrite: bool) -> OutputLock:
         folders = [p for p in files if p.is_dir()]
         if folders:
             raise ValueError(f"output path {folders[0]} is a directory; choose another --output prefix")
-        taken = [p for p in files if p.exists()]
-        if taken and not overwrite:
-            shown = ", ".join(map(str, taken[:3])) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
-            raise FileExistsError(f"output files exist: {shown}; choose another --output prefix, pass "
-                                  "--overwrite to replace them, or --restart to continue")
+        taken = existing(files, overwrite, "output files exist", "choose another --output prefix, pass "
+                         "--overwrite to replace them, or --restart to continue")
         for p in taken:
             p.unlink()
     except BaseException:

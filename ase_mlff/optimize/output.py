@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from ..files import atomic_write
+from ..files import atomic_write, existing
 from ..md.writers import output_paths
 
 
@@ -30,11 +30,8 @@ def check_free(paths: Sequence[Path], overwrite: bool, what: str) -> None:
     for path in paths:
         if path.is_dir():
             raise ValueError(f"{what} {path} is a folder; give a file name")
-    taken = [p for p in paths if p.exists()]
-    if taken and not overwrite:
-        shown = ", ".join(map(str, taken[:3])) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
-        raise FileExistsError(f"{what} exists: {shown}; choose another name or pass --overwrite "
-                              "(overwrite=True) to replace it")
+    existing(paths, overwrite, f"{what} exists",
+             "choose another name or pass --overwrite (overwrite=True) to replace it")
     for folder in {p.parent for p in paths}:
         try:
             folder.mkdir(parents=True, exist_ok=True)
