@@ -488,8 +488,13 @@ def test_half_edges_keeps_exactly_one_edge_of_every_pair(system):
     assert not kept & reverse and kept | reverse == edges
 
 
-def test_schnet_sends_each_pair_filter_both_ways_as_a_directed_sum_would():
-    """The pair-wise SchNet equals the textbook one filter per directed edge."""
+@pytest.mark.parametrize("min_edges", [0, 10**9], ids=["pairwise", "directed"])
+def test_schnet_sends_each_pair_filter_both_ways_as_a_directed_sum_would(monkeypatch, min_edges):
+    """Both paths of SchNet (one filter per pair, sent both ways; one per directed edge) equal
+    the textbook one filter per directed edge."""
+    from ase_mlff.models import schnet
+
+    monkeypatch.setattr(schnet, "PAIRWISE_MIN_EDGES", min_edges)
     model = make_model("schnet", SPECIES["water"]).double()
     atoms = water(0)
     batch = atoms_to_batch([atoms])
