@@ -35,7 +35,46 @@ def atom_index(offsets: np.ndarray, frames: np.ndarray) -> np.ndarray:
     return np.repeat(starts - first, counts) + np.arange(int(counts.sum()), dtype=np.int64)
 
 
-class FlatFrames(Sequence):
+class _Flat(Sequence):
+    """What flat per-frame arrays share: ``offsets``, indexing and subsets (frame ``k`` via ``_frame``)."""
+
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        """[n_frames] atoms per frame."""
+        return np.diff(self.offsets)
+
+    def _frame(self, k: int):
+        raise NotImplementedError
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._frame(k) for k in range(len(self))[index]]
+        k = int(index)
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(f"frame {index} out of range for {len(self)} frames")
+        return self._frame(k)
+
+    def __add__(self, other):
+        return list(self) + list(other)
+
+    def __radd__(self, other):
+        return list(other) + list(self)
+
+    def _subset_atoms(self, frames) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(frames as an index array, their atoms' indices, the subset's offsets)."""
+        frames = np.asarray(frames, dtype=np.int64).reshape(-1)
+        sizes = self.n_atoms[frames]
+        return frames, atom_index(self.offsets, frames), np.concatenate([[0], np.cumsum(sizes)])
+
+
+class FlatFrames(_Flat):
     """Structures as flat arrays (see the module docstring); an immutable ``Sequence[Atoms]``."""
 
     def __init__(self, numbers: np.ndarray, positions: np.ndarray, offsets: np.ndarray,
@@ -64,14 +103,6 @@ class FlatFrames(Sequence):
         return cls(np.concatenate([a.numbers for a in frames]), np.concatenate([a.positions for a in frames]),
                    offsets, np.stack([a.cell.array for a in frames]), np.stack([a.pbc for a in frames]))
 
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def n_atoms(self) -> np.ndarray:
-        """[n_frames] atoms per frame."""
-        return np.diff(self.offsets)
-
     @property
     def frame_of_atom(self) -> np.ndarray:
         """[n_atoms] index of the frame each atom belongs to."""
@@ -88,35 +119,18 @@ class FlatFrames(Sequence):
         return Atoms(numbers=self.numbers_of(k).copy(), positions=self.positions_of(k).copy(),
                      cell=self.cell[k].copy(), pbc=self.pbc[k].copy())
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self.atoms(k) for k in range(len(self))[index]]
-        k = int(index)
-        if k < 0:
-            k += len(self)
-        if not 0 <= k < len(self):
-            raise IndexError(f"frame {index} out of range for {len(self)} frames")
-        return self.atoms(k)
-
-    def __add__(self, other):
-        return list(self) + list(other)
-
-    def __radd__(self, other):
-        return list(other) + list(self)
+    _frame = atoms
 
     def subset(self, frames: Sequence[int]) -> FlatFrames:
-        frames = np.asarray(frames, dtype=np.int64).reshape(-1)
-        atoms = atom_index(self.offsets, frames)
-        sizes = self.n_atoms[frames]
-        return FlatFrames(self.numbers[atoms], self.positions[atoms], np.concatenate([[0], np.cumsum(sizes)]),
-                          self.cell[frames], self.pbc[frames])
+        frames, atoms, offsets = self._subset_atoms(frames)
+        return FlatFrames(self.numbers[atoms], self.positions[atoms], offsets, self.cell[frames], self.pbc[frames])
 
     def scaled(self, factor: float) -> FlatFrames:
         """The same frames with positions and cells × ``factor`` (a length-unit conversion)."""
         return FlatFrames(self.numbers, self.positions * factor, self.offsets, self.cell * factor, self.pbc)
 
 
-class FlatForces(Sequence):
+class FlatForces(_Flat):
     """Per-atom forces [n_atoms, 3] eV/Å of :class:`FlatFrames`; ``forces[k]`` is frame k's [n_k, 3] view."""
 
     def __init__(self, values: np.ndarray, offsets: np.ndarray):
@@ -141,26 +155,9 @@ class FlatForces(Sequence):
         values = np.concatenate(forces) if forces else np.zeros((0, 3))
         return cls(values, offsets)
 
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[k] for k in range(len(self))[index]]
-        k = int(index)
-        if k < 0:
-            k += len(self)
-        if not 0 <= k < len(self):
-            raise IndexError(f"frame {index} out of range for {len(self)} frames")
+    def _frame(self, k: int) -> np.ndarray:
         return self.values[self.offsets[k]:self.offsets[k + 1]]
 
-    def __add__(self, other):
-        return list(self) + list(other)
-
-    def __radd__(self, other):
-        return list(other) + list(self)
-
     def subset(self, frames: Sequence[int]) -> FlatForces:
-        frames = np.asarray(frames, dtype=np.int64).reshape(-1)
-        sizes = np.diff(self.offsets)[frames]
-        return FlatForces(self.values[atom_index(self.offsets, frames)], np.concatenate([[0], np.cumsum(sizes)]))
+        _, atoms, offsets = self._subset_atoms(frames)
+        return FlatForces(self.values[atoms], offsets)
