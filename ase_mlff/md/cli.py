@@ -123,6 +123,19 @@ def _calculator(model: str | None, numbers, device: str, dtype: str, threads: in
     return calculator, Path(path), label
 
 
+def calculator_for(structures, model: str | None, device: str, dtype: str, threads: int | None,
+                   compile: bool = False):
+    """``_calculator`` for the structures of a command; says which bundled potential it chose."""
+    from ..compositions import composition
+
+    numbers = sorted({int(z) for a in structures for z in a.numbers})
+    calculator, path, label = _calculator(model, numbers, device, dtype, threads, compile,
+                                          [composition(a) for a in structures])
+    if model is None:
+        click.echo(f"using {label}")
+    return calculator, path, label
+
+
 def _echo_result(result, quiet: bool) -> None:
     if result.compile_s is not None:
         click.echo(f"compiled the model in {result.compile_s:.1f} s (before the first step, not in the time below)")
@@ -237,7 +250,7 @@ def run(ctx, structures, model, ensemble, timestep_fs, temperature_K, friction_p
     mlff-md run a.xyz b.cif frames.extxyz@: -m model.pt
     mlff-md run --restart simulation.h5 --steps 20000
     """
-    from ..compositions import OutOfTrainingWarning, composition
+    from ..compositions import OutOfTrainingWarning
     from .driver import run_md
     from .validate import MDWarning, check_structure
 
@@ -261,11 +274,7 @@ def run(ctx, structures, model, ensemble, timestep_fs, temperature_K, friction_p
         systems = [pair for spec in structures for pair in read_structures(spec)]
         labels = [label for label, _ in systems]
         atoms_list = [atoms for _, atoms in systems]
-        numbers = sorted({int(z) for a in atoms_list for z in a.numbers})
-        calculator, model_path, label = _calculator(model, numbers, device, dtype, threads, compile_model,
-                                                    [composition(a) for a in atoms_list])
-        if model is None:
-            click.echo(f"using {label}")
+        calculator, model_path, label = calculator_for(atoms_list, model, device, dtype, threads, compile_model)
         try:
             shown = set()
             for name, atoms in systems:

@@ -58,8 +58,8 @@ def relax_command(structures, fmax, relax_cell, pressure_bar, steps, model, outp
     mlff-md relax structure.xyz --fmax 0.01
     mlff-md relax a.cif b.vasp frames.extxyz@: --cell -m model.pt -o relaxed.extxyz --trajectory relax.traj
     """
-    from ..compositions import OutOfTrainingWarning, composition
-    from ..md.cli import _calculator, read_structures
+    from ..compositions import OutOfTrainingWarning
+    from ..md.cli import calculator_for, read_structures
     from .driver import relax
     from .output import check_free, output_format, trajectory_paths, write_structures
 
@@ -81,11 +81,7 @@ def relax_command(structures, fmax, relax_cell, pressure_bar, steps, model, outp
             check_free(trajectory_paths(trajectory, len(atoms_list)), overwrite, "trajectory file")
     except (ValueError, FileExistsError) as error:
         raise click.ClickException(str(error)) from None
-    numbers = sorted({int(z) for a in atoms_list for z in a.numbers})
-    calculator, _, label = _calculator(model, numbers, device, dtype, threads, False,
-                                       [composition(a) for a in atoms_list])
-    if model is None:
-        click.echo(f"using {label}")
+    calculator, _, _ = calculator_for(atoms_list, model, device, dtype, threads)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", OutOfTrainingWarning)
