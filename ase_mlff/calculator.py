@@ -20,7 +20,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from .batch import Batch, atoms_to_batch, check_positions, dtype_name, resolve_device, resolve_dtype
-from .compiled import compiled, evaluate
+from .compiled import compiled
 from .compositions import (
     EnergyOnlyWarning,
     OutOfTrainingWarning,
@@ -160,8 +160,7 @@ class MLFFCalculator(Calculator):
             )
         batch = self._batch_for(atoms, system_changes)
         neighbors = self._skin_list(batch, batch.numbers, atoms.arrays["positions"])
-        output = evaluate(self.evaluator, lambda m: compute(m, batch, neighbors, forces=True, stress=want_stress,
-                                                            dtype=self.dtype))
+        output = compute(self.evaluator, batch, neighbors, forces=True, stress=want_stress, dtype=self.dtype)
         energy = float(output.energy[0].detach())
         results = {
             "energy": energy,
@@ -194,8 +193,7 @@ class MLFFCalculator(Calculator):
                 )
         batch = self._make_batch(structures)
         neighbors = self.neighbor_list(batch)
-        output = evaluate(self.evaluator, lambda m: compute(m, batch, neighbors, forces=True, stress=want_stress,
-                                                            dtype=self.dtype))
+        output = compute(self.evaluator, batch, neighbors, forces=True, stress=want_stress, dtype=self.dtype)
         energy = output.energy.detach().cpu().numpy()
         energies = output.energies.detach().cpu().numpy()
         forces = output.forces.detach().cpu().numpy().astype(np.float64)

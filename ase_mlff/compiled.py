@@ -1,12 +1,23 @@
-"""``torch.compile`` of a potential's forward, with an eager fallback.
+"""``torch.compile`` of a potential's energy *and* its derivatives, with an eager fallback.
 
-    evaluator = compiled(model)                    # compiles at the first call
-    output = evaluate(evaluator, lambda m: compute(m, batch, neighbors))
+    evaluator = compiled(model)            # compiles at the first call
+    output = compute(evaluator, batch, neighbors, forces=True, stress=...)
 
-The forward (numbers, edge_index, edge_vectors) -> per-atom energies is
-compiled with dynamic shapes, so neither the atom count nor the edge count
-(which changes during MD) causes a recompilation; autograd through it
-(forces, stress) uses the compiled backward.
+:func:`ase_mlff.forces.compute` hands a :class:`CompiledModel` the whole
+evaluation: edge vectors r_j − r_i + S·cell from the positions (and the
+strain), the cast to the network's dtype, the network, the sum per system,
+and F = −∂E/∂r, σ = (∂E/∂ε)/V by ``torch.func.grad``, all one graph. Compiling
+only the network's forward (what this module did first) left about thirty
+small eager operations and the autograd engine around it per call: for a
+small molecule they cost as much as the compiled network itself.
+
+Shapes are dynamic, so neither the atom count nor the edge count (which
+changes during MD) recompiles. One graph is compiled per kind of call
+(forces, stress, periodic or not, dtype), each at its first use; its time
+is kept (``seconds``: the first). Where compilation fails (no C compiler, an
+unsupported backend) one warning says so and that call, and every later
+one, runs eagerly: results are never lost to it. Training (derivatives
+that must themselves be differentiable) always runs eagerly.
 """
 
 from __future__ import annotations
@@ -16,60 +27,92 @@ import warnings
 
 import torch
 
+from .forces import Output, energy, output
+from .neighbors import Neighbors
+
+
+def _function(model, forces: bool, stress: bool, periodic: bool, dtype: torch.dtype):
+    """(positions, cell, system, numbers, edge_index, shifts) -> (E, E_i, ∂E/∂r or None, ∂E/∂ε or None)."""
+
+    def evaluate(positions, cell, system, numbers, edge_index, shifts):
+        neighbors = Neighbors(edge_index, shifts, periodic)
+
+        def total(r, strain):  # the scalar torch.func differentiates, with E and E_i alongside
+            e, e_i = energy(model, r, cell, strain, system, numbers, neighbors, dtype)
+            return e.sum(), (e, e_i)
+
+        strain = torch.zeros_like(cell) if stress else None
+        if not (forces or stress):
+            return *total(positions, strain)[1], None, None
+        argnums = (0, 1) if forces and stress else 0 if forces else 1
+        grads, (e, e_i) = torch.func.grad(total, argnums=argnums, has_aux=True)(positions, strain)
+        if forces and stress:
+            return e, e_i, grads[0], grads[1]
+        return (e, e_i, grads, None) if forces else (e, e_i, None, grads)
+
+    return evaluate
+
 
 class CompiledModel:
-    """``torch.compile`` of a potential's forward, with an eager fallback.
+    """A potential whose evaluation :func:`~ase_mlff.forces.compute` runs compiled (module doc).
 
-    Compilation happens at the first call; its time is kept in ``seconds``.
-    If it fails (no C compiler, an unsupported backend) one warning says so
-    and the eager model is used from then on: results are never lost to it.
+    Calling it runs the eager network; ``fused`` is the compiled evaluation (None once
+    compilation has failed). Other attributes (cutoff, species, ...) are the model's.
     """
 
     def __init__(self, model):
         self.model = model
-        with warnings.catch_warnings():
-            # torch's inductor imports its own deprecated torch.jit helpers (torch 2.13): not ours to fix
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script_method. is deprecated",
-                                    category=DeprecationWarning)
-            self.compiled = torch.compile(model, dynamic=True)
-        self.ready = False
-        self.seconds: float | None = None
+        self._graphs: dict[tuple, object] = {}
+        self.seconds: float | None = None  # of the first compilation, once done
         self.failed: str | None = None
 
-    def first_call(self, run):
-        start = time.perf_counter()
-        try:
-            result = run(self)
-        except Exception as error:  # compilation errors come in many types
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-            self.failed = f"{type(error).__name__}: {first}"
-            warnings.warn(f"torch.compile is unavailable here ({self.failed}); running the model eagerly",
-                          RuntimeWarning, stacklevel=3)
-            self.compiled = self.model
-            result = run(self.model)
-        self.seconds = time.perf_counter() - start
-        self.ready = True
-        return result
+    @property
+    def ready(self) -> bool:
+        """Whether the first compilation has happened (or failed): later calls are fast."""
+        return self.seconds is not None or self.failed is not None
 
     def __call__(self, *args):
-        if self.compiled is self.model:
-            return self.model(*args)
-        with warnings.catch_warnings():
-            # dynamo's tracing reads .grad of the (non-leaf) edge vectors, which torch warns about
-            warnings.filterwarnings("ignore", message=r"The \.grad attribute of a Tensor that is not a leaf",
-                                    category=UserWarning)
-            return self.compiled(*args)
+        return self.model(*args)
 
-    def __getattr__(self, name):  # cutoff, species, ... of the underlying model
+    def fused(self, batch, neighbors: Neighbors, *, forces: bool, stress: bool, dtype: torch.dtype) -> Output:
+        key = (bool(forces), bool(stress), bool(neighbors.periodic), dtype)
+        graph = self._graphs.get(key)
+        first = graph is None
+        start = time.perf_counter()  # the first torch.compile imports its compiler: counted too
+        if first:
+            with warnings.catch_warnings():
+                # torch's inductor imports its own deprecated torch.jit helpers (torch 2.13): not ours to fix
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.script_method. is deprecated",
+                                        category=DeprecationWarning)
+                graph = self._graphs[key] = torch.compile(_function(self.model, *key), dynamic=True)
+        args = (batch.positions, batch.cell, batch.system, batch.numbers, neighbors.edge_index, neighbors.shifts)
+        try:
+            with torch.no_grad(), warnings.catch_warnings():  # torch.func.grad differentiates inside
+                # dynamo's tracing reads .grad of non-leaf tensors, which torch warns about
+                warnings.filterwarnings("ignore", message=r"The \.grad attribute of a Tensor that is not a leaf",
+                                        category=UserWarning)
+                results = graph(*args)
+        except Exception as error:  # compilation errors come in many types
+            if not first:
+                raise
+            return self._fall_back(error, batch, neighbors, forces, stress, dtype)
+        if first and self.seconds is None:
+            self.seconds = time.perf_counter() - start
+        return output(batch, *results)
+
+    def _fall_back(self, error, batch, neighbors, forces, stress, dtype) -> Output:
+        from .forces import compute
+
+        line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        self.failed = f"{type(error).__name__}: {line}"
+        warnings.warn(f"torch.compile is unavailable here ({self.failed}); running the model eagerly",
+                      RuntimeWarning, stacklevel=4)
+        self.fused = None  # compute() then evaluates this object eagerly, i.e. the model
+        return compute(self, batch, neighbors, forces=forces, stress=stress, dtype=dtype)
+
+    def __getattr__(self, name):  # cutoff, species, parameters(), ... of the underlying model
         return getattr(self.__dict__["model"], name)
 
 
 def compiled(model) -> CompiledModel:
     return CompiledModel(model)
-
-
-def evaluate(evaluator, run):
-    """``run(evaluator)``; the first call of a :class:`CompiledModel` is guarded by its fallback."""
-    if isinstance(evaluator, CompiledModel) and not evaluator.ready:
-        return evaluator.first_call(run)
-    return run(evaluator)

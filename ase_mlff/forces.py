@@ -65,6 +65,23 @@ def model_dtype(model: torch.nn.Module) -> torch.dtype | None:
     return None
 
 
+def energy(model, positions: torch.Tensor, cell: torch.Tensor, strain: torch.Tensor | None, system: torch.Tensor,
+           numbers: torch.Tensor, neighbors: Neighbors, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """E [B] and E_i [N] (eV) as functions of the positions and the strain: the one definition of both.
+
+    The eager path (:func:`compute`) differentiates it with ``torch.autograd``, the compiled one
+    (:mod:`ase_mlff.compiled`) with ``torch.func`` inside one graph; both see the same operations.
+    """
+    if strain is not None:
+        symmetric = 0.5 * (strain + strain.transpose(1, 2))
+        positions = positions + torch.bmm(positions.unsqueeze(1), symmetric[system]).squeeze(1)
+        cell = cell + torch.bmm(cell, symmetric)
+    vectors = edge_vectors(positions, cell, system, neighbors)  # [E, 3], Å, batch dtype
+    # rounded only now, after the large coordinates have cancelled in r_j − r_i
+    energies = model(numbers, neighbors.edge_index, vectors.to(dtype))  # [N], eV
+    return energies.new_zeros(cell.shape[0]).index_add_(0, system, energies), energies
+
+
 def compute(model: torch.nn.Module, batch: Batch, neighbors: Neighbors, *, forces: bool = True,
             stress: bool = False, training: bool = False, dtype: torch.dtype | None = None) -> Output:
     """Evaluate ``model`` on ``batch``.
@@ -76,35 +93,39 @@ def compute(model: torch.nn.Module, batch: Batch, neighbors: Neighbors, *, force
             back-propagated into the weights.
         dtype: of the edge vectors the model is given; None: :func:`model_dtype`
             (or the batch's dtype for a model without weights or buffers).
+
+    A :class:`~ase_mlff.compiled.CompiledModel` evaluates energy and derivatives in one
+    compiled graph (``fused``), except when training.
     """
-    positions, cell = batch.positions, batch.cell
+    dtype = dtype or model_dtype(model) or batch.positions.dtype
+    fused = getattr(model, "fused", None)
+    if fused is not None and not training:
+        return fused(batch, neighbors, forces=forces, stress=stress, dtype=dtype)
+    positions, strain = batch.positions, None
     inputs = []
     if forces:
         positions = positions.detach().requires_grad_(True)
         inputs.append(positions)
     if stress:
-        strain = torch.zeros_like(cell, requires_grad=True)  # [B, 3, 3]
-        symmetric = 0.5 * (strain + strain.transpose(1, 2))
-        positions = positions + torch.bmm(positions.unsqueeze(1), symmetric[batch.system]).squeeze(1)
-        cell = cell + torch.bmm(cell, symmetric)
+        strain = torch.zeros_like(batch.cell, requires_grad=True)  # [B, 3, 3]
         inputs.append(strain)
-
-    vectors = edge_vectors(positions, cell, batch.system, neighbors)  # [E, 3], Å, batch dtype
-    # rounded only now, after the large coordinates have cancelled in r_j − r_i
-    vectors = vectors.to(dtype or model_dtype(model) or vectors.dtype)
-    energies = model(batch.numbers, neighbors.edge_index, vectors)  # [N], eV
-    energy = energies.new_zeros(batch.n_systems).index_add_(0, batch.system, energies)  # [B], eV
+    total, energies = energy(model, positions, batch.cell, strain, batch.system, batch.numbers, neighbors, dtype)
 
     if not inputs:
-        return Output(energy, energies)
-    if energy.requires_grad:
-        grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)
+        return Output(total, energies)
+    if total.requires_grad:
+        grads = torch.autograd.grad(total.sum(), inputs, create_graph=training, allow_unused=True)
     else:  # no edges anywhere: the energy does not depend on the geometry
         grads = [None] * len(inputs)
     grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
-    out_forces = -grads[0] if forces else None
-    out_stress = None
-    if stress:
+    return output(batch, total, energies, grads[0] if forces else None, grads[-1] if stress else None)
+
+
+def output(batch: Batch, total: torch.Tensor, energies: torch.Tensor, d_positions: torch.Tensor | None,
+           d_strain: torch.Tensor | None) -> Output:
+    """:class:`Output` from E and its derivatives: F = −∂E/∂r, σ = (∂E/∂ε)/V."""
+    stress = None
+    if d_strain is not None:
         volume = torch.linalg.det(batch.cell).abs()  # [B], Å³
-        out_stress = grads[-1] / volume.view(-1, 1, 1)
-    return Output(energy, energies, out_forces, out_stress)
+        stress = d_strain / volume.view(-1, 1, 1)
+    return Output(total, energies, None if d_positions is None else -d_positions, stress)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
+from ase.build import bulk
 from ase.constraints import FixAtoms, FixBondLength
 from ase.md.verlet import VelocityVerlet
 from conftest import ethanol, water
@@ -364,6 +365,33 @@ def test_compile_falls_back_to_eager_with_one_warning(tmp_path, monkeypatch):
                           seed=1, output=tmp_path / "c", traj_interval=0)
     assert compiled.status == eager.status == "completed"
     np.testing.assert_array_equal(frames(tmp_path / "c.h5", "positions"), frames(tmp_path / "e.h5", "positions"))
+
+
+def test_compiled_evaluation_is_one_graph_per_kind_and_equals_eager():
+    # energy, forces and stress of a periodic argon cell in float64: the compiled graph (edge vectors,
+    # network, sum and torch.func derivatives together) equals autograd's to rounding, and neither a
+    # changing edge count nor a second structure size compiles again (dynamic shapes)
+    from torch._dynamo.utils import counters
+
+    from ase_mlff.compiled import CompiledModel
+
+    model = LennardJones(["Ar"], AR_EPSILON, AR_SIGMA, cutoff=7.0)
+    eager, fast = MLFFCalculator(model, dtype="float64"), MLFFCalculator(model, dtype="float64", compile=True)
+    rng = np.random.default_rng(3)
+    cells = [bulk("Ar", "fcc", a=5.26, cubic=True).repeat((2, 2, n)) for n in (2, 2, 3)]
+    for atoms in cells:
+        atoms.rattle(0.2, rng=rng)  # a different edge count each time
+    counters.clear()
+    for atoms in cells:
+        atoms.calc = eager
+        expected = atoms.get_forces(), atoms.get_stress(), atoms.get_potential_energy()
+        atoms.calc = fast
+        np.testing.assert_allclose(atoms.get_forces(), expected[0], rtol=0, atol=1e-11)
+        np.testing.assert_allclose(atoms.get_stress(), expected[1], rtol=0, atol=1e-13)
+        assert atoms.get_potential_energy() == pytest.approx(expected[2], abs=1e-10)
+    assert isinstance(fast.evaluator, CompiledModel) and fast.evaluator.fused is not None
+    assert fast.evaluator.seconds > 0 and fast.evaluator.failed is None
+    assert counters["stats"]["unique_graphs"] == 1  # one graph (forces + stress, periodic), never recompiled
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 
 from ..batch import Batch
-from ..compiled import compiled, evaluate
+from ..compiled import compiled
 from ..forces import compute
 from ..neighbors import NeighborList, Neighbors, edge_vectors
 from .state import MDState
@@ -210,17 +210,25 @@ class ForceField:
         # the network's: edge vectors are rounded to it, nothing else (an analytic model has no
         # weights to say it, so the calculator's dtype decides)
         self.dtype = dtype or model_dtype(model) or torch.float64
+        self._free: torch.Tensor | None = None  # the state.free that _fixed describes
+        self._fixed = True
 
     def __call__(self, state: MDState) -> None:
         """Set ``state.energy`` and ``state.forces`` (zero on fixed atoms)."""
         neighbors = self.neighbors(state)
         output = self._evaluate(state.batch(), neighbors)
-        forces = output.forces.to(torch.float64)
-        state.forces = forces * state.free.unsqueeze(1)
+        forces = output.forces.to(torch.float64)  # both no-ops for a float64 batch, the engine's
+        state.forces = forces * state.free.unsqueeze(1) if self._has_fixed(state) else forces
         state.energy = output.energy.to(torch.float64).detach()
         if self.stress:
             state.stress = output.stress.to(torch.float64).detach()
 
+    def _has_fixed(self, state: MDState) -> bool:
+        """Whether ``state`` holds fixed atoms; asked of the device once per ``free`` tensor (it is
+        replaced, never changed in place, when systems leave the batch)."""
+        if state.free is not self._free:
+            self._free, self._fixed = state.free, not bool(state.free.all())
+        return self._fixed
+
     def _evaluate(self, batch: Batch, neighbors: Neighbors):
-        return evaluate(self.evaluator, lambda m: compute(m, batch, neighbors, forces=True, stress=self.stress,
-                                                          dtype=self.dtype))
+        return compute(self.evaluator, batch, neighbors, forces=True, stress=self.stress, dtype=self.dtype)
