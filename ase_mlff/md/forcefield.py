@@ -78,6 +78,8 @@ class BatchedNeighbors:
         self.near: torch.Tensor | None = None  # [B] some pair of the system within skin of the cutoff
         self._needs_filter = True
         self.rebuilds = 0
+        # no atom moved more than skin/2 since its system's build: no list is stale (fixed cells)
+        self._quiet = (0.5 * self.skin) ** 2
 
     def reset(self) -> None:
         self.reference = None
@@ -86,12 +88,13 @@ class BatchedNeighbors:
         positions = state.positions
         if self.reference is not None and self.reference.shape != positions.shape:
             self.reset()  # other atoms: nothing stored applies
-        if self.reference is None:
+        if self.reference is None or self.skin == 0:
             self._rebuild(state, torch.ones(state.n_systems, dtype=torch.bool, device=state.device))
-        else:
+        elif self.deforming or not bool((positions - self.reference).square().sum(1).amax() <= self._quiet):
+            # some system may need a new list (the one host sync of a step; NaN lands here too)
             stale = self._stale(state)
-            if self.skin == 0 or bool(stale.any()):  # the one host sync of a step
-                self._rebuild(state, stale if self.skin > 0 else torch.ones_like(stale))
+            if bool(stale.any()):
+                self._rebuild(state, stale)
         n = Neighbors(self.edge_index, self.shifts, self.periodic)
         if not self._needs_filter:
             return n
