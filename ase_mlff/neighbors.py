@@ -44,6 +44,7 @@ pair appears in both directions. Distances are strictly below the cutoff.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
 from itertools import product
@@ -52,10 +53,15 @@ import torch
 
 from .batch import Batch
 
-try:  # optional: an alternative search, never chosen automatically
-    import torch_cluster as _torch_cluster
-except ImportError:  # pragma: no cover - depends on the environment
-    _torch_cluster = None
+# optional: torch-cluster's search, chosen automatically only for tensors on a GPU. Imported at
+# first use, not here: it imports scipy.cluster (about a second), which a CPU run never needs.
+_HAS_TORCH_CLUSTER = importlib.util.find_spec("torch_cluster") is not None
+
+
+def _torch_cluster():
+    import torch_cluster
+
+    return torch_cluster
 
 BACKENDS = ("auto", "torch-cluster", "torch")
 
@@ -76,7 +82,7 @@ _CELL_CHUNK = 1 << 19
 
 
 def has_torch_cluster() -> bool:
-    return _torch_cluster is not None
+    return _HAS_TORCH_CLUSTER
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,7 @@ class NeighborList:
             raise ValueError(f"cutoff must be positive, got {cutoff}")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; valid: {BACKENDS}")
-        if backend == "torch-cluster" and _torch_cluster is None:
+        if backend == "torch-cluster" and not _HAS_TORCH_CLUSTER:
             raise ValueError(
                 "backend='torch-cluster' needs torch-cluster: "
                 "pip install --no-build-isolation torch-cluster (after torch), "
@@ -149,7 +155,7 @@ class NeighborList:
         with torch.no_grad():
             n_atoms = batch.positions.shape[0]
             use_cluster = self.backend == "torch-cluster" or (
-                self.backend == "auto" and _torch_cluster is not None and batch.positions.is_cuda)
+                self.backend == "auto" and _HAS_TORCH_CLUSTER and batch.positions.is_cuda)
             if (self.backend != "torch-cluster" and batch.n_systems == 1
                     and n_atoms * n_atoms <= _DENSE_PAIRS_LIMIT and not bool(batch.pbc.any())):
                 return _small_molecule(batch.positions, self.cutoff)
@@ -172,7 +178,7 @@ class NeighborList:
         cap = min(bound, max(self._max_neighbors_hint, _density_guess(batch, images, self.cutoff)))
         while True:
             # radius already carries the rounding margin; _finish applies the exact cutoff
-            center, image = _torch_cluster.radius(
+            center, image = _torch_cluster().radius(
                 images.positions, images.centers, radius,
                 batch_x=images.system, batch_y=batch.system, max_num_neighbors=cap,
             )
