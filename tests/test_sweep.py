@@ -157,3 +157,25 @@ def test_sweep_cli_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # as if optuna were not installed
     result = runner.invoke(main, base)
     assert result.exit_code != 0 and 'pip install "ase-mlff[sweep]"' in result.output
+
+
+def test_sweep_trains_every_trial_on_the_split_given(tmp_path):
+    # --split: the frames of a given split (as mlff-md train --split takes), recorded in sweep.json;
+    # a second run into the same folder with another split is refused before any trial
+    (tmp_path / "space.json").write_text(json.dumps({"lr": [1e-3]}))
+    split = {"train": list(range(10, 30)), "val": list(range(40, 46)), "test": list(range(0, 5))}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    out = tmp_path / "study"
+    runner = CliRunner()
+    result = runner.invoke(main, _sweep(out, "--split", str(tmp_path / "split.json"), "--sampler", "grid")[3:])
+    assert result.exit_code == 0, result.output
+    stored = json.loads((out / "sweep.json").read_text())
+    assert (stored["train"], stored["val"], stored["test"]) == (split["train"], split["val"], split["test"])
+    trained = read_model_record(out / "best.pt")["metadata"]["training"]["split"]  # what the trial trained on
+    assert (trained["train"], trained["val"], trained["test"]) == (split["train"], split["val"], split["test"])
+    (tmp_path / "other.json").write_text(json.dumps({**split, "val": list(range(40, 47))}))
+    result = runner.invoke(main, _sweep(out, "--split", str(tmp_path / "other.json"), "--sampler", "grid")[3:])
+    assert result.exit_code != 0 and "another split than --split gives" in result.output
+    (tmp_path / "outside.json").write_text(json.dumps({**split, "val": [10_000]}))
+    result = runner.invoke(main, _sweep(tmp_path / "s2", "--split", str(tmp_path / "outside.json"))[3:])
+    assert result.exit_code != 0 and "10000" in result.output

@@ -174,11 +174,14 @@ def storage_for(url: str):
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
-def shared_split(folder: Path, data: Dataset, n_val, n_test, seed: int, study_name: str) -> Split:
+def shared_split(folder: Path, data: Dataset, n_val, n_test, seed: int, study_name: str,
+                 given: Split | None = None) -> Split:
     """The split every trial (of every process) uses, stored as ``<folder>/sweep.json`` by whoever
-    comes first; a later process checks that it runs the same study on the same data."""
+    comes first; a later process checks that it runs the same study on the same data (and, with
+    ``given``, e.g. ``--split``, the same split). Without ``given``: a random split."""
     path = folder / "sweep.json"
-    split = random_split(len(data), n_val=n_val, n_test=n_test, seed=seed)
+    split = given if given is not None else random_split(len(data), n_val=n_val, n_test=n_test, seed=seed)
+    split.check_range(len(data), str(data.source))
     record = {"study_name": study_name, "data": str(data.source), "data_sha256": data.fingerprint(),
               **split.to_dict()}
     if not path.exists():
@@ -198,7 +201,14 @@ def shared_split(folder: Path, data: Dataset, n_val, n_test, seed: int, study_na
         raise ValueError(f"-o {folder} holds study {stored.get('study_name')!r} on "
                          f"{stored.get('data')} (sha256 {str(stored.get('data_sha256'))[:12]}); this is "
                          f"study {study_name!r} on {data.source}: choose another -o")
-    return load_split(path)
+    stored_split = load_split(path)
+    if given is not None and (stored_split.train, stored_split.val, stored_split.test) != (
+            given.train, given.val, given.test):
+        raise ValueError(f"-o {folder} holds study {study_name!r} with another split than --split gives "
+                         f"({len(stored_split.train)}/{len(stored_split.val)}/{len(stored_split.test)} "
+                         f"train/val/test frames there, {len(given.train)}/{len(given.val)}/{len(given.test)} "
+                         "here): choose another -o or drop --split")
+    return stored_split
 
 
 @dataclass

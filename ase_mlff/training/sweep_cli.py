@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .cli import _check_folder, _count, _fail, _metadata_items, _read, _with_units
+from .splits import load_split
 
 
 @click.command()
@@ -30,6 +31,9 @@ from .cli import _check_folder, _count, _fail, _metadata_items, _read, _with_uni
 @click.option("--sampler-seed", type=int, default=None, help="Seed of the sampler (default: random).")
 @click.option("--arch", "architecture", default="painn", show_default=True, help="Architecture: painn or schnet.")
 @_with_units
+@click.option("--split", "split_file", type=click.Path(dir_okay=False), default=None,
+              help="JSON with train/val/test frame indices (as mlff-md train --split takes, e.g. a model's "
+                   "<name>.split.json); default: a random split by --n-val/--n-test/--seed.")
 @click.option("--n-val", default="0.1", show_default=True, help="Validation frames (count or fraction).")
 @click.option("--n-test", default="0.1", show_default=True, help="Test frames (count or fraction).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the split and of every trial's weights.")
@@ -39,8 +43,8 @@ from .cli import _check_folder, _count, _fail, _metadata_items, _read, _with_uni
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads of this process.")
 def sweep(data, space, output, sampler, n_trials, trial_time_s, metric, pruner, storage, study_name,
-          sampler_seed, architecture, energy_unit, length_unit, n_val, n_test, seed, settings, device, dtype,
-          threads):
+          sampler_seed, architecture, energy_unit, length_unit, split_file, n_val, n_test, seed, settings, device,
+          dtype, threads):
     """Search hyperparameters of a potential trained on DATA with Optuna (needs ase-mlff[sweep]).
 
     Several processes (on one machine, or on several with --storage a shared
@@ -70,8 +74,9 @@ def sweep(data, space, output, sampler, n_trials, trial_time_s, metric, pruner, 
         n_trials = 20
     storage = storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     try:
+        given = load_split(split_file) if split_file else None
         split = sweeps.shared_split(folder, dataset, _count(n_val, "--n-val"), _count(n_test, "--n-test"),
-                                    seed, study_name)
+                                    seed, study_name, given)
         job = sweeps.Sweep(dataset, split, parameters, base, folder, metric=metric, trial_time_s=trial_time_s,
                            echo=click.echo)
         with warnings.catch_warnings():
