@@ -35,7 +35,6 @@ from ase.constraints import FixAtoms
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..batch import Batch, atoms_to_batch
-from ..compiled import evaluate
 from ..forces import compute
 from ..neighbors import NeighborList
 from .cellfilter import deformation, deformed, filter_forces, largest_row_norm
@@ -268,8 +267,7 @@ class _Relaxation:
                                     gradient, active, atom_mask, self._subset[0])
         stress = self.want_stress
         calc = self.calc
-        out = evaluate(calc.evaluator, lambda m: compute(m, sub, neighbors, forces=True, stress=stress,
-                                                         dtype=calc.dtype))
+        out = compute(calc.evaluator, sub, neighbors, forces=True, stress=stress, dtype=calc.dtype)
         systems = self._subset[2]
         self.energy[systems] = out.energy.detach().to(torch.float64)
         self.forces[atom_mask] = out.forces.detach().to(torch.float64) * self.free[atom_mask]
@@ -329,8 +327,7 @@ class _Relaxation:
         sub, _ = self._active_batch(self.periodic, positions, cell)
         neighbors = self.neighbor_list(sub)
         calc = self.calc
-        out = evaluate(calc.evaluator, lambda m: compute(m, sub, neighbors, forces=True, stress=True,
-                                                         dtype=calc.dtype))
+        out = compute(calc.evaluator, sub, neighbors, forces=True, stress=True, dtype=calc.dtype)
         self.stress[self._subset[2]] = out.stress.detach().to(torch.float64)
 
     def results(self, labels, max_steps: int) -> list[RelaxResult]:
