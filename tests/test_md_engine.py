@@ -394,6 +394,29 @@ def test_compiled_evaluation_is_one_graph_per_kind_and_equals_eager():
     assert counters["stats"]["unique_graphs"] == 1  # one graph (forces + stress, periodic), never recompiled
 
 
+@pytest.mark.gpu
+def test_compiled_evaluation_on_cuda_equals_eager_cpu(tmp_path):
+    # the one-graph compiled path on CUDA (torch.func derivatives included) against eager on the CPU,
+    # float64, periodic with stress; then a compiled CUDA MD run against the eager CPU one
+    model = LennardJones(["Ar"], AR_EPSILON, AR_SIGMA, cutoff=7.0)
+    cpu, gpu = MLFFCalculator(model, device="cpu", dtype="float64"), MLFFCalculator(model, device="cuda",
+                                                                                       dtype="float64", compile=True)
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((2, 2, 2))
+    atoms.rattle(0.2, rng=np.random.default_rng(4))
+    atoms.calc = cpu
+    expected = atoms.get_forces(), atoms.get_stress()
+    atoms.calc = gpu
+    np.testing.assert_allclose(atoms.get_forces(), expected[0], rtol=0, atol=1e-11)
+    np.testing.assert_allclose(atoms.get_stress(), expected[1], rtol=0, atol=1e-13)
+    assert gpu.evaluator.failed is None
+    eager = run_md(_mixed(), cpu, steps=50, seed=2, output=tmp_path / "cpu", traj_interval=0)
+    fast = run_md(_mixed(), gpu, steps=50, seed=2, output=tmp_path / "gpu", traj_interval=0)
+    assert eager.status == fast.status == "completed"
+    for k in range(3):
+        np.testing.assert_allclose(frames(tmp_path / "gpu.h5", "positions", k),
+                                   frames(tmp_path / "cpu.h5", "positions", k), rtol=0, atol=1e-8)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["ethanol-painn", "ethanol-schnet"])
 def test_compiled_model_equals_eager_within_float32_rounding(tmp_path, name):
