@@ -127,7 +127,7 @@ class Simulation:
             self.outputs.note(f"blew-up: {self.messages[k]}")
         keep = torch.nonzero(codes == 0).squeeze(1)
         self.state = s.select(keep)
-        self.force_field.neighbors.reset()
+        self.force_field.neighbors.select(keep)  # the others keep their lists
         if self.state.n_systems:
             self.outputs.h5.flush(self.checkpoint())
 

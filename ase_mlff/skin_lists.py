@@ -1,0 +1,253 @@
+"""Per-system Verlet-skin neighbor lists of a batch, exact while atoms move and cells deform.
+
+One class for the MD engine (:class:`ase_mlff.md.forcefield.ForceField`; NPT
+deforms the cells) and the relaxation (:mod:`ase_mlff.optimize`; the cell
+filter deforms them). Each system's list is built at cutoff + skin, at
+positions r⁰ and cell h⁰ (rows are the cell vectors), and kept while it
+still holds every pair closer than the cutoff r_c; then that system alone is
+rebuilt, the others keep theirs.
+
+The rebuild rule. Let G = (h⁰)⁻¹h be the deformation of the cell since the
+build (h = h⁰G; G = 1 for a fixed cell), and pull the current positions back
+into the build's cell: what is left is each atom's displacement beyond the
+affine one, in the frame of the build,
+
+    δ_i = r_i G⁻¹ − r⁰_i                                          [N, 3], Å
+
+An edge (i, j, S) keeps its integer shift, so its vector now, d = r_j − r_i + S h,
+pulled back is d G⁻¹ = r_j G⁻¹ − r_i G⁻¹ + S h⁰ = d⁰ + δ_j − δ_i, hence
+
+    |d⁰| ≤ ‖G⁻¹‖ |d| + 2 max_i |δ_i|        (‖·‖ the spectral norm, ‖G⁻¹‖ = 1/σ_min(G))
+
+A pair missing from the list had |d⁰| ≥ r_c + s at the build; it can be
+closer than r_c now only if r_c + s < ‖G⁻¹‖ r_c + 2 max|δ|. So a system's list
+is kept while
+
+    2 max_i |δ_i| ≤ r_c + s − ‖G⁻¹‖ r_c                        (G = 1: max|δ| ≤ s/2)
+
+and rebuilt otherwise (NaN counts as otherwise). This keeps a list at least
+as long as either rule it replaced: MD's bounded the displacement in the
+current frame, 2 max|δG| ≤ σ_min(G)(r_c + s) − r_c, and |δG| ≥ σ_min(G)|δ|;
+the relaxation's bounded max|δ| by the largest move of the unit-cell
+coordinates times ‖F_build‖. An expanding cell (‖G⁻¹‖ < 1) widens the margin.
+
+Pairs of a list now beyond the cutoff are dropped before the model sees them,
+so the model always gets exactly the pairs a fresh list would give. With
+fixed cells that filter is skipped while no pair of any list was within skin
+of the cutoff at its build (only such pairs can cross it before a rebuild).
+
+Edges are kept in a canonical order, sorted by (i, j, shift): the pairs the
+model sees, and their order, depend only on the current geometry, not on
+when or with which other systems a list was built, so MD restarts repeat the
+uninterrupted run bit for bit. When systems leave the batch (converged,
+blown up), :meth:`BatchedNeighbors.select` keeps the lists of the others.
+Per call the host learns one flag (does any system need a rebuild?); the
+rest stays on the device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .batch import Batch
+from .neighbors import NeighborList, Neighbors
+
+
+class BatchedNeighbors:
+    """Per-system Verlet-skin lists of a batch (exact by construction, module doc).
+
+    Called with the batch's current geometry, a :class:`~ase_mlff.batch.Batch` or anything
+    with its fields (an ``MDState``), it returns the edges closer than the cutoff in the
+    batch's atom indexing.
+
+    Args:
+        cutoff: the model's cutoff, Å. skin: Å (0: every system rebuilt on every call).
+        backend: neighbor-list backend (see :mod:`ase_mlff.neighbors`).
+        deforming: the cells may change between calls (the rule then bounds the cell's
+            deformation too; False skips that work and assumes fixed cells).
+    """
+
+    def __init__(self, cutoff: float, skin: float = 1.0, backend: str = "auto", deforming: bool = False):
+        if not skin >= 0:
+            raise ValueError(f"skin must be >= 0 Å, got {skin}")
+        self.cutoff, self.skin = float(cutoff), float(skin)
+        self.deforming = bool(deforming)
+        self.wide = NeighborList(self.cutoff + self.skin, backend)
+        self.rebuilds = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every list (the next call builds all)."""
+        # set together by _rebuild and select, cleared together here
+        self.reference: torch.Tensor | None = None  # [N, 3] Å, positions at each system's build
+        self.reference_cell: torch.Tensor | None = None  # [B, 3, 3] Å, cells at each system's build
+        self.edge_index: torch.Tensor | None = None  # [2, E] wide lists, canonical order
+        self.shifts: torch.Tensor | None = None  # [E, 3] int64
+        self.periodic = False
+        self.near: torch.Tensor | None = None  # [B] bool, a pair within skin of the cutoff at the build
+        self._reach = 0  # largest |shift component| of any edge
+        self._code: torch.Tensor | None = None  # [E] into the [B·K] table of S·cell, see _vectors
+        self._needs_filter = True
+
+    # -- per call ----------------------------------------------------------------------------
+    def __call__(self, batch) -> Neighbors:
+        """[2, E] edges closer than the cutoff, and their shifts, of ``batch``'s current geometry."""
+        if self.reference is not None and self.reference.shape != batch.positions.shape:
+            self.reset()  # other atoms: nothing stored applies
+        if self.reference is None:
+            self._rebuild(batch, torch.ones(batch.cell.shape[0], dtype=torch.bool, device=batch.cell.device))
+        else:
+            stale = self._stale(batch)
+            if self.skin == 0 or bool(stale.any()):  # the one host sync of a call
+                self._rebuild(batch, stale if self.skin > 0 else torch.ones_like(stale))
+        if not self._needs_filter:
+            return Neighbors(self.edge_index, self.shifts, self.periodic)
+        inside = torch.nonzero(self._vectors(batch).square().sum(1) < self.cutoff ** 2).squeeze(1)
+        return Neighbors(self.edge_index.index_select(1, inside), self.shifts.index_select(0, inside), self.periodic)
+
+    def closest(self, batch) -> torch.Tensor:
+        """[B] Å, each system's shortest pair distance at the current positions (inf: no pairs).
+
+        Read from the wide lists, which hold every pair within the cutoff (the rule) and so
+        every close contact.
+        """
+        n_systems = batch.cell.shape[0]
+        shortest = torch.full((n_systems,), float("inf"), dtype=batch.positions.dtype, device=batch.positions.device)
+        if self.reference is None or self.reference.shape != batch.positions.shape or not self.edge_index.numel():
+            return shortest
+        distances = torch.linalg.vector_norm(self._vectors(batch), dim=1)
+        return shortest.scatter_reduce_(0, batch.system[self.edge_index[0]], distances, "amin")
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Follow the batch reduced to its systems ``keep`` ([K] indices, ascending): their lists stay."""
+        if self.reference is None:
+            return
+        kept_systems = torch.zeros(self.reference_cell.shape[0], dtype=torch.bool, device=keep.device)
+        kept_systems[keep] = True
+        atom_kept = kept_systems[self._system]  # [N]
+        renumber = torch.cumsum(atom_kept.long(), 0) - 1  # old atom -> new atom (monotone: the order stays)
+        edges = torch.nonzero(atom_kept[self.edge_index[0]]).squeeze(1)
+        self.edge_index = renumber[self.edge_index.index_select(1, edges)]
+        self.shifts = self.shifts.index_select(0, edges)
+        self._system = (torch.cumsum(kept_systems.long(), 0) - 1)[self._system[atom_kept]]
+        self.reference = self.reference[atom_kept]
+        self.reference_cell, self.near = self.reference_cell[keep], self.near[keep]
+        self._index_shifts()
+        self._needs_filter = self.skin > 0 and (self.deforming or bool(self.near.any()))
+
+    # -- the rule ------------------------------------------------------------------------------
+    def _stale(self, batch) -> torch.Tensor:
+        """[B] bool: systems whose list may miss a pair closer than the cutoff (module doc)."""
+        positions, system = batch.positions, batch.system
+        if self.deforming:
+            back = torch.linalg.solve(batch.cell, self.reference_cell)  # G⁻¹ = h⁻¹h⁰, [B, 3, 3]
+            pulled = torch.bmm(positions.unsqueeze(1), back[system]).squeeze(1)  # r G⁻¹, [N, 3] Å
+            moved = (pulled - self.reference).square().sum(1)  # |δ|², Å²
+            stretch = torch.linalg.eigvalsh(torch.bmm(back.transpose(1, 2), back))[:, -1].sqrt()  # ‖G⁻¹‖, [B]
+            allowed = 0.5 * (self.cutoff + self.skin - stretch * self.cutoff)  # Å, the largest max|δ|
+        else:
+            moved = (positions - self.reference).square().sum(1)
+            allowed = torch.full((batch.cell.shape[0],), 0.5 * self.skin, dtype=moved.dtype, device=moved.device)
+        largest = moved.new_zeros(allowed.shape).scatter_reduce_(0, system, moved, "amax", include_self=False)
+        return ~((largest <= allowed.square()) & (allowed >= 0))
+
+    # -- building --------------------------------------------------------------------------------
+    def _rebuild(self, batch, stale: torch.Tensor) -> None:
+        """New lists for the ``stale`` systems [B]; the others keep theirs.
+
+        A system whose positions are no longer finite (it blew up; its owner stops it)
+        gets no edges instead of a search that could not succeed.
+        """
+        self.rebuilds += 1
+        positions, system = batch.positions, batch.system
+        n_atoms = positions.shape[0]
+        not_finite = torch.zeros(stale.shape[0], dtype=torch.long, device=stale.device).index_add_(
+            0, system, (~torch.isfinite(positions).all(1)).long()) > 0
+        build = stale & ~not_finite
+        first = self.reference is None
+        new_index = torch.zeros((2, 0), dtype=torch.long, device=positions.device)
+        new_shifts = torch.zeros((0, 3), dtype=torch.long, device=positions.device)
+        if bool(build.any()):
+            systems = torch.nonzero(build).squeeze(1)
+            atoms = torch.nonzero(build[system]).squeeze(1)  # [n] global atom indices, sorted
+            remap = torch.cumsum(build.long(), 0) - 1
+            part = Batch(positions=positions[atoms], numbers=batch.numbers[atoms], cell=batch.cell[systems],
+                         pbc=batch.pbc[systems], system=remap[system[atoms]], n_atoms=batch.n_atoms[systems])
+            built = self.wide(part) if self.skin > 0 else NeighborList(self.cutoff, self.wide.backend)(part)
+            new_index, new_shifts = atoms[built.edge_index], built.shifts.to(torch.long)
+            self.periodic = self.periodic or built.periodic
+        if first:
+            kept_index, kept_shifts = new_index[:, :0], new_shifts[:0]
+            self.reference, self.reference_cell = positions.clone(), batch.cell.clone()
+            self._system = system.clone()
+        else:
+            kept = torch.nonzero(~stale[system[self.edge_index[0]]]).squeeze(1)
+            kept_index, kept_shifts = self.edge_index.index_select(1, kept), self.shifts.index_select(0, kept)
+            self.reference = torch.where(stale[system].unsqueeze(1), positions, self.reference)
+            self.reference_cell = torch.where(stale.view(-1, 1, 1), batch.cell, self.reference_cell)
+        reach = max(int(new_shifts.abs().max()) if new_shifts.numel() else 0,
+                    int(kept_shifts.abs().max()) if kept_shifts.numel() else 0)
+        self.edge_index, self.shifts, at_new = _merge(kept_index, kept_shifts, new_index, new_shifts, n_atoms, reach)
+        self._index_shifts()
+        if self.skin > 0 and not self.deforming:  # fixed cells: is there anything the filter could drop?
+            d = torch.linalg.vector_norm(self._vectors(batch, at_new), dim=1)
+            band = (d > self.cutoff - self.skin) & (d < self.cutoff + self.skin)
+            near = torch.zeros_like(stale).index_fill_(0, system[self.edge_index[0, at_new]][band], True)
+            self.near = near if first else torch.where(stale, near, self.near)
+        elif first:
+            self.near = torch.ones_like(stale)
+        self._needs_filter = self.skin > 0 and (self.deforming or bool(self.near.any()))
+
+    def _index_shifts(self) -> None:
+        """Each edge's entry in the [B·K] table of S·cell over the K = (2·reach + 1)³ shifts within reach."""
+        self._reach = int(self.shifts.abs().max()) if self.shifts.numel() else 0
+        width = 2 * self._reach + 1
+        s = self.shifts + self._reach
+        shift_id = (s[:, 0] * width + s[:, 1]) * width + s[:, 2]
+        self._code = self._system[self.edge_index[0]] * width ** 3 + shift_id
+
+    def _vectors(self, batch, edges: torch.Tensor | None = None) -> torch.Tensor:
+        """[E, 3] Å, r_j − r_i + S·cell of the stored edges (or of those at ``edges``), not differentiated."""
+        positions = batch.positions
+        i, j = self.edge_index if edges is None else self.edge_index[:, edges]
+        code = self._code if edges is None else self._code[edges]
+        vectors = positions.index_select(0, j) - positions.index_select(0, i)
+        if not self.periodic:
+            return vectors
+        # S·cell from a [B, K] table of the K shifts within reach: a gather per edge instead
+        # of a 3x3 product per edge
+        width = 2 * self._reach + 1
+        grid = torch.arange(width ** 3, device=positions.device)
+        shifts = torch.stack([grid // (width * width), grid // width % width, grid % width], 1) - self._reach
+        table = torch.einsum("kc,bcd->bkd", shifts.to(batch.cell.dtype), batch.cell).reshape(-1, 3)
+        return vectors + table.index_select(0, code)
+
+
+def _merge(kept_index, kept_shifts, new_index, new_shifts, n_atoms: int, reach: int):
+    """The kept edges (sorted) and the new ones (any order) as one list sorted by (i, j, shift),
+    and where the new ones went ([E_new] positions).
+
+    Kept and new edges belong to different systems, hence different atoms, so no key
+    repeats: the new edges are sorted and then merged in (searchsorted), which costs
+    O(E_new log E) instead of a sort of every edge.
+    """
+    width = 2 * reach + 1
+
+    def key(index, shifts):
+        s = shifts + reach
+        return (index[0] * n_atoms + index[1]) * width ** 3 + (s[:, 0] * width + s[:, 1]) * width + s[:, 2]
+
+    new_key = key(new_index, new_shifts)
+    order = torch.argsort(new_key)
+    new_index, new_shifts, new_key = new_index[:, order], new_shifts[order], new_key[order]
+    if not kept_index.shape[1]:
+        return new_index, new_shifts, torch.arange(new_key.shape[0], device=new_key.device)
+    kept_key = key(kept_index, kept_shifts)
+    n = kept_key.shape[0] + new_key.shape[0]
+    at_new = torch.searchsorted(kept_key, new_key) + torch.arange(new_key.shape[0], device=new_key.device)
+    at_kept = torch.searchsorted(new_key, kept_key) + torch.arange(kept_key.shape[0], device=kept_key.device)
+    edge_index = kept_index.new_empty((2, n))
+    shifts = kept_shifts.new_empty((n, 3))
+    edge_index[:, at_kept], edge_index[:, at_new] = kept_index, new_index
+    shifts[at_kept], shifts[at_new] = kept_shifts, new_shifts
+    return edge_index, shifts, at_new

@@ -1,0 +1,96 @@
+"""The shared skin lists (ase_mlff.skin_lists): exact under deformation, canonical order, batches that shrink.
+
+Reference: a fresh ``NeighborList`` at the cutoff on the same geometry (itself
+tested against ASE's), compared pair for pair and, for the order, against a
+lexicographic sort of (i, j, shift).
+"""
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.build import bulk, molecule
+
+from ase_mlff.batch import atoms_to_batch
+from ase_mlff.neighbors import NeighborList
+from ase_mlff.skin_lists import BatchedNeighbors
+
+CUTOFF, SKIN = 5.0, 1.0
+
+
+def _structures() -> list[Atoms]:
+    small = bulk("Ar", "fcc", a=5.3)  # one atom, a cell smaller than the cutoff: many images
+    box = bulk("Ar", "fcc", a=5.4, cubic=True) * (2, 2, 2)
+    box.cell[0, 1] += 0.4  # triclinic
+    box.rattle(0.1, seed=1)
+    water = molecule("H2O")
+    water.center(vacuum=3.0)  # open
+    return [small, box, water, bulk("Ar", "fcc", a=5.6, cubic=True) * (1, 1, 2)]
+
+
+def _rows(edge_index: torch.Tensor, shifts: torch.Tensor) -> np.ndarray:
+    return np.concatenate([edge_index.T.numpy(), shifts.numpy()], 1)
+
+
+def _sorted(rows: np.ndarray) -> np.ndarray:
+    return rows[np.lexsort(rows.T[::-1])]
+
+
+def _moved(batch, rng, step: int):
+    """Positions rattled and cells strained (symmetric, up to ~3 %) by an amount growing with ``step``."""
+    strain = rng.normal(scale=0.004 * step, size=(batch.n_systems, 3, 3))
+    deformation = torch.linalg.matrix_exp(torch.from_numpy(0.5 * (strain + strain.transpose(0, 2, 1))))
+    positions = torch.bmm(batch.positions.unsqueeze(1), deformation[batch.system]).squeeze(1)
+    positions = positions + torch.from_numpy(rng.normal(scale=0.04, size=positions.shape))
+    return batch.replace(positions=positions, cell=torch.bmm(batch.cell, deformation))
+
+
+def test_deforming_lists_equal_fresh_lists_in_canonical_order():
+    batch = atoms_to_batch(_structures())
+    lists, fresh = BatchedNeighbors(CUTOFF, SKIN, deforming=True), NeighborList(CUTOFF)
+    rng = np.random.default_rng(0)
+    kept = 0
+    for step in range(15):
+        now = _moved(batch, rng, step)
+        before = lists.rebuilds
+        got = lists(now)
+        kept += lists.rebuilds == before
+        rows = _rows(got.edge_index, got.shifts)
+        want = fresh(now)
+        np.testing.assert_array_equal(rows, _sorted(rows))  # canonical: sorted by (i, j, shift)
+        np.testing.assert_array_equal(rows, _sorted(_rows(want.edge_index, want.shifts)))
+        wide = _rows(lists.edge_index, lists.shifts)
+        np.testing.assert_array_equal(wide, _sorted(wide))  # also after partial rebuilds (merged)
+    assert 0 < kept < 14  # lists were reused, and strains forced rebuilds
+
+
+def test_select_keeps_the_other_systems_lists_exact():
+    structures = _structures()
+    batch = atoms_to_batch(structures)
+    lists, fresh = BatchedNeighbors(CUTOFF, SKIN, deforming=True), NeighborList(CUTOFF)
+    rng = np.random.default_rng(1)
+    lists(_moved(batch, rng, 1))
+    keep = [1, 3]
+    sub = atoms_to_batch([structures[k] for k in keep])
+    lists.select(torch.tensor(keep))
+    before = lists.rebuilds
+    for step in range(4):
+        now = _moved(sub, rng, 0)  # small moves: no rebuild is due
+        got, want = lists(now), fresh(now)
+        np.testing.assert_array_equal(_rows(got.edge_index, got.shifts),
+                                      _sorted(_rows(want.edge_index, want.shifts)))
+    assert lists.rebuilds == before  # the kept lists served, renumbered
+
+
+def test_fixed_cells_without_pairs_near_the_cutoff_skip_the_filter_and_stay_exact():
+    water = molecule("H2O")  # every pair far inside the cutoff: nothing can cross it
+    water.center(vacuum=3.0)
+    batch = atoms_to_batch([water, water.copy()])
+    lists = BatchedNeighbors(CUTOFF, SKIN)
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        now = batch.replace(positions=batch.positions + torch.from_numpy(rng.normal(scale=0.05,
+                                                                                      size=batch.positions.shape)))
+        got, want = lists(now), NeighborList(CUTOFF)(now)
+        assert not lists._needs_filter
+        np.testing.assert_array_equal(_rows(got.edge_index, got.shifts), _sorted(_rows(want.edge_index, want.shifts)))
+    assert lists.rebuilds == 1
