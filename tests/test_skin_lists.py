@@ -73,7 +73,7 @@ def test_select_keeps_the_other_systems_lists_exact():
     sub = atoms_to_batch([structures[k] for k in keep])
     lists.select(torch.tensor(keep))
     before = lists.rebuilds
-    for step in range(4):
+    for _ in range(4):
         now = _moved(sub, rng, 0)  # small moves: no rebuild is due
         got, want = lists(now), fresh(now)
         np.testing.assert_array_equal(_rows(got.edge_index, got.shifts),
