@@ -113,10 +113,11 @@ def edge_vectors(
     autograd sees how each edge depends on both.
     """
     i, j = neighbors.edge_index
-    vectors = positions[j] - positions[i]
+    # index_select, not advanced indexing: the same values at half the cost on the CPU
+    vectors = positions.index_select(0, j) - positions.index_select(0, i)
     if neighbors.periodic:
         shift_vectors = torch.bmm(
-            neighbors.shifts.to(cell.dtype).unsqueeze(1), cell[system[i]]
+            neighbors.shifts.to(cell.dtype).unsqueeze(1), cell.index_select(0, system.index_select(0, i))
         ).squeeze(1)
         vectors = vectors + shift_vectors
     return vectors

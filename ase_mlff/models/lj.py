@@ -50,7 +50,8 @@ class LennardJones(Potential):
     def atomic_outputs(self, species, edge_index, edge_vectors):
         pair_edges = half_edges(edge_index, edge_vectors)  # u(r) once per pair, half to each atom
         edge_index, edge_vectors = edge_index[:, pair_edges], edge_vectors[pair_edges]
-        r2 = edge_vectors.square().sum(1)  # [P], Å²
+        x, y, z = edge_vectors.unbind(1)
+        r2 = x * x + y * y + z * z  # [P], Å² (square().sum(1) reduces a length-3 axis ~10x slower on CPU)
         c6 = (self.sigma**2 / r2) ** 3
         pair = 4.0 * self.epsilon * (c6 * c6 - c6)  # [P], eV
         if self.smooth:
