@@ -32,9 +32,13 @@ the relaxation's bounded max|δ| by the largest move of the unit-cell
 coordinates times ‖F_build‖. An expanding cell (‖G⁻¹‖ < 1) widens the margin.
 
 Pairs of a list now beyond the cutoff are dropped before the model sees them,
-so the model always gets exactly the pairs a fresh list would give. With
-fixed cells that filter is skipped while no pair of any list was within skin
-of the cutoff at its build (only such pairs can cross it before a rebuild).
+so the model always gets exactly the pairs a fresh list would give. The same
+bounds tell which edges need measuring: an edge of length d⁰ at the build is
+now between (d⁰ − 2 max|δ|)/‖G⁻¹‖ and ‖G‖(d⁰ + 2 max|δ|) long, so only those
+whose interval holds the cutoff are measured (a thin shell while atoms have
+barely moved), and when the pairs inside are those of the previous call, its
+edges are returned again. With fixed cells the filter is skipped altogether
+while no pair of any list was within skin of the cutoff at its build.
 
 Edges are kept in a canonical order, sorted by (i, j, shift): the pairs the
 model sees, and their order, depend only on the current geometry, not on
@@ -87,23 +91,61 @@ class BatchedNeighbors:
         self.near: torch.Tensor | None = None  # [B] bool, a pair within skin of the cutoff at the build
         self._reach = 0  # largest |shift component| of any edge
         self._code: torch.Tensor | None = None  # [E] into the [B·K] table of S·cell, see _vectors
+        self._built: torch.Tensor | None = None  # [E] Å, each edge's length at its system's build
+        self._edge_system: torch.Tensor | None = None  # [E] system of each edge
         self._needs_filter = True
+        self._last: tuple | None = None  # (inside [E] bool, Neighbors) of the previous call
 
     # -- per call ----------------------------------------------------------------------------
     def __call__(self, batch) -> Neighbors:
         """[2, E] edges closer than the cutoff, and their shifts, of ``batch``'s current geometry."""
         if self.reference is not None and self.reference.shape != batch.positions.shape:
             self.reset()  # other atoms: nothing stored applies
+        n_systems = batch.cell.shape[0]
         if self.reference is None:
-            self._rebuild(batch, torch.ones(batch.cell.shape[0], dtype=torch.bool, device=batch.cell.device))
+            bounds = None
+            self._rebuild(batch, torch.ones(n_systems, dtype=torch.bool, device=batch.cell.device))
         else:
-            stale = self._stale(batch)
+            bounds = self._bounds(batch)
+            stale = _stale(self.cutoff, self.skin, *bounds)
             if self.skin == 0 or bool(stale.any()):  # the one host sync of a call
-                self._rebuild(batch, stale if self.skin > 0 else torch.ones_like(stale))
+                # with them, the systems past half their allowance: one search now instead of
+                # another soon (a relaxation's 64 cells needed 49 searches of 1-7 cells each)
+                stale = _stale(self.cutoff, self.skin, *bounds, share=0.5) if self.skin > 0 else torch.ones_like(stale)
+                self._rebuild(batch, stale)
+                moved, stretch, squeeze = bounds  # a rebuilt system has moved by nothing since
+                bounds = (torch.where(stale, 0.0, moved), torch.where(stale, 1.0, stretch),
+                          torch.where(stale, 1.0, squeeze))
         if not self._needs_filter:
             return Neighbors(self.edge_index, self.shifts, self.periodic)
-        inside = torch.nonzero(_squared_norms(self._vectors(batch)) < self.cutoff ** 2).squeeze(1)
-        return Neighbors(self.edge_index.index_select(1, inside), self.shifts.index_select(0, inside), self.periodic)
+        inside = self._inside(batch, bounds)
+        if self._last is not None and torch.equal(inside, self._last[0]):
+            return self._last[1]  # the same pairs as the previous call
+        kept = torch.nonzero(inside).squeeze(1)
+        neighbors = Neighbors(self.edge_index.index_select(1, kept), self.shifts.index_select(0, kept), self.periodic)
+        self._last = (inside, neighbors)
+        return neighbors
+
+    def _inside(self, batch, bounds) -> torch.Tensor:
+        """[E] bool, the stored edges now shorter than the cutoff.
+
+        Only edges whose length at the build lies within the bounds of the module doc's
+        rule of the cutoff are measured: for a system whose atoms moved by at most m
+        (max|δ|) since its build, an edge of length d⁰ then is now at most
+        ‖G‖(d⁰ + 2m) and at least (d⁰ − 2m)/‖G⁻¹‖ long.
+        """
+        if bounds is None:  # everything was just built
+            return self._built < self.cutoff
+        moved, stretch, squeeze = bounds  # [B]: max|δ|² Å², ‖G⁻¹‖, ‖G‖
+        m = moved.sqrt()
+        margin = 1e-9 * self.cutoff  # rounding of d⁰ and of the bounds: such edges are measured
+        surely_in = (self.cutoff / squeeze - 2.0 * m - margin).index_select(0, self._edge_system)  # [E] Å
+        surely_out = (self.cutoff * stretch + 2.0 * m + margin).index_select(0, self._edge_system)
+        inside = self._built < surely_in
+        measure = torch.nonzero(~inside & (self._built < surely_out)).squeeze(1)
+        if measure.numel():
+            inside[measure] = _squared_norms(self._vectors(batch, measure)) < self.cutoff ** 2
+        return inside
 
     def closest(self, batch) -> torch.Tensor:
         """[B] Å, each system's shortest pair distance at the current positions (inf: no pairs).
@@ -133,23 +175,27 @@ class BatchedNeighbors:
         self.reference = self.reference[atom_kept]
         self.reference_cell, self.near = self.reference_cell[keep], self.near[keep]
         self._index_shifts(self._reach)
+        self._built = self._built.index_select(0, edges)
+        self._edge_system = self._system.index_select(0, self.edge_index[0])
+        self._last = None
         self._needs_filter = self.skin > 0 and (self.deforming or bool(self.near.any()))
 
     # -- the rule ------------------------------------------------------------------------------
-    def _stale(self, batch) -> torch.Tensor:
-        """[B] bool: systems whose list may miss a pair closer than the cutoff (module doc)."""
+    def _bounds(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per system [B]: max|δ|² (Å², module doc), ‖G⁻¹‖ and ‖G‖ (1, 1 for fixed cells)."""
         positions, system = batch.positions, batch.system
         if self.deforming:
             back = torch.linalg.solve(batch.cell, self.reference_cell)  # G⁻¹ = h⁻¹h⁰, [B, 3, 3]
             pulled = torch.bmm(positions.unsqueeze(1), back[system]).squeeze(1)  # r G⁻¹, [N, 3] Å
             moved = _squared_norms(pulled - self.reference)  # |δ|², Å²
-            stretch = torch.linalg.eigvalsh(torch.bmm(back.transpose(1, 2), back))[:, -1].sqrt()  # ‖G⁻¹‖, [B]
-            allowed = 0.5 * (self.cutoff + self.skin - stretch * self.cutoff)  # Å, the largest max|δ|
+            eigenvalues = torch.linalg.eigvalsh(torch.bmm(back.transpose(1, 2), back)).clamp_min(0.0)  # [B, 3]
+            stretch = eigenvalues[:, -1].sqrt()  # ‖G⁻¹‖
+            squeeze = 1.0 / eigenvalues[:, 0].sqrt()  # ‖G‖ = 1/σ_min(G⁻¹)
         else:
             moved = _squared_norms(positions - self.reference)
-            allowed = torch.full((batch.cell.shape[0],), 0.5 * self.skin, dtype=moved.dtype, device=moved.device)
-        largest = moved.new_zeros(allowed.shape).scatter_reduce_(0, system, moved, "amax", include_self=False)
-        return ~((largest <= allowed.square()) & (allowed >= 0))
+            stretch = squeeze = torch.ones(batch.cell.shape[0], dtype=moved.dtype, device=moved.device)
+        largest = moved.new_zeros(stretch.shape).scatter_reduce_(0, system, moved, "amax", include_self=False)
+        return largest, stretch, squeeze
 
     # -- building --------------------------------------------------------------------------------
     def _rebuild(self, batch, stale: torch.Tensor) -> None:
@@ -195,14 +241,21 @@ class BatchedNeighbors:
             self._index_shifts(reach)
         else:  # the kept edges' entries stand
             self._code = torch.cat([self._code, self._codes(new_index, new_shifts)]).index_select(0, order)
+        self._edge_system = self._system.index_select(0, self.edge_index[0])
+        built = torch.linalg.vector_norm(self._vectors(batch, at_new), dim=1)  # [E_new] Å, new edges now
+        if first:
+            self._built = built
+        else:  # the kept edges keep their lengths at their builds
+            self._built = torch.cat([self._built, built.new_zeros(new_index.shape[1])]).index_select(0, order)
+            self._built[at_new] = built
         if self.skin > 0 and not self.deforming:  # fixed cells: is there anything the filter could drop?
-            d = torch.linalg.vector_norm(self._vectors(batch, at_new), dim=1)
-            band = (d > self.cutoff - self.skin) & (d < self.cutoff + self.skin)
-            near = torch.zeros_like(stale).index_fill_(0, system[self.edge_index[0, at_new]][band], True)
+            band = (built > self.cutoff - self.skin) & (built < self.cutoff + self.skin)
+            near = torch.zeros_like(stale).index_fill_(0, self._edge_system[at_new][band], True)
             self.near = near if first else torch.where(stale, near, self.near)
         elif first:
             self.near = torch.ones_like(stale)
         self._needs_filter = self.skin > 0 and (self.deforming or bool(self.near.any()))
+        self._last = None
 
     def _index_shifts(self, reach: int) -> None:
         """Each edge's entry in the [B·K] table of S·cell over the K = (2·reach + 1)³ shifts within reach."""
@@ -235,6 +288,17 @@ def _squared_norms(vectors: torch.Tensor) -> torch.Tensor:
     """[E] |v|² of [E, 3] rows, as x² + y² + z² (``square().sum(1)`` reduces a length-3 axis ~10x slower on CPU)."""
     x, y, z = vectors.unbind(1)
     return x * x + y * y + z * z
+
+
+def _stale(cutoff: float, skin: float, moved: torch.Tensor, stretch: torch.Tensor, squeeze,
+           share: float = 1.0) -> torch.Tensor:
+    """[B] bool: systems whose list may miss a pair closer than the cutoff, 2 max|δ| > r_c + s − ‖G⁻¹‖ r_c
+    (with ``share`` < 1: that have moved more than that share of what the rule allows).
+
+    NaN (a blown-up system) counts as stale.
+    """
+    allowed = 0.5 * (cutoff + skin - stretch * cutoff)  # Å, the largest max|δ| the list allows
+    return ~((moved <= (share * allowed).square()) & (allowed >= 0))
 
 
 def _merge(old_index, kept, new_index, new_shifts, n_atoms: int, reach: int):
