@@ -94,3 +94,23 @@ def test_fixed_cells_without_pairs_near_the_cutoff_skip_the_filter_and_stay_exac
         assert not lists._needs_filter
         np.testing.assert_array_equal(_rows(got.edge_index, got.shifts), _sorted(_rows(want.edge_index, want.shifts)))
     assert lists.rebuilds == 1
+
+
+def test_pairs_leave_and_enter_as_the_cells_expand_and_shrink_without_a_rebuild():
+    """Uniform strains of up to ±3 %: pairs cross the cutoff only through the deformation (no atom moves
+    relative to its cell), which the skin covers, so the lists are kept and must still be exact."""
+    rng = np.random.default_rng(3)
+    gas = Atoms("Ar40", positions=rng.uniform(0, 10, size=(40, 3)), cell=[10, 10.5, 11], pbc=True)  # spread pairs
+    structures = [gas, *_structures()]
+    batch = atoms_to_batch(structures)
+    lists, fresh = BatchedNeighbors(CUTOFF, SKIN, deforming=True), NeighborList(CUTOFF)
+    lists(batch)
+    seen = set()
+    for scale in (1.01, 1.02, 1.03, 1.0, 0.99, 0.98, 0.97):
+        now = batch.replace(positions=batch.positions * scale, cell=batch.cell * scale)
+        before = lists.rebuilds
+        got, want = lists(now), fresh(now)
+        assert lists.rebuilds == before  # the deformation alone stays within the skin
+        np.testing.assert_array_equal(_rows(got.edge_index, got.shifts), _sorted(_rows(want.edge_index, want.shifts)))
+        seen.add(want.n_edges)
+    assert len(seen) == 7  # every strain moved pairs across the cutoff, or this test proves nothing
