@@ -114,8 +114,8 @@ class BatchedNeighbors:
                 stale = _stale(self.cutoff, self.skin, *bounds, share=0.5) if self.skin > 0 else torch.ones_like(stale)
                 self._rebuild(batch, stale)
                 moved, stretch, squeeze = bounds  # a rebuilt system has moved by nothing since
-                bounds = (torch.where(stale, 0.0, moved), torch.where(stale, 1.0, stretch),
-                          torch.where(stale, 1.0, squeeze))
+                bounds = (torch.where(stale, 0.0, moved), None if stretch is None else torch.where(stale, 1.0, stretch),
+                          None if squeeze is None else torch.where(stale, 1.0, squeeze))
         if not self._needs_filter:
             return Neighbors(self.edge_index, self.shifts, self.periodic)
         inside = self._inside(batch, bounds)
@@ -136,11 +136,13 @@ class BatchedNeighbors:
         """
         if bounds is None:  # everything was just built
             return self._built < self.cutoff
-        moved, stretch, squeeze = bounds  # [B]: max|δ|² Å², ‖G⁻¹‖, ‖G‖
+        moved, stretch, squeeze = bounds  # [B]: max|δ|² Å², ‖G⁻¹‖, ‖G‖ (None: fixed cells, 1)
         m = moved.sqrt()
         margin = 1e-9 * self.cutoff  # rounding of d⁰ and of the bounds: such edges are measured
-        surely_in = (self.cutoff / squeeze - 2.0 * m - margin).index_select(0, self._edge_system)  # [E] Å
-        surely_out = (self.cutoff * stretch + 2.0 * m + margin).index_select(0, self._edge_system)
+        inner = self.cutoff if squeeze is None else self.cutoff / squeeze
+        outer = self.cutoff if stretch is None else self.cutoff * stretch
+        surely_in = (inner - 2.0 * m - margin).index_select(0, self._edge_system)  # [E] Å
+        surely_out = (outer + 2.0 * m + margin).index_select(0, self._edge_system)
         inside = self._built < surely_in
         measure = torch.nonzero(~inside & (self._built < surely_out)).squeeze(1)
         if measure.numel():
@@ -181,8 +183,8 @@ class BatchedNeighbors:
         self._needs_filter = self.skin > 0 and (self.deforming or bool(self.near.any()))
 
     # -- the rule ------------------------------------------------------------------------------
-    def _bounds(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per system [B]: max|δ|² (Å², module doc), ‖G⁻¹‖ and ‖G‖ (1, 1 for fixed cells)."""
+    def _bounds(self, batch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Per system [B]: max|δ|² (Å², module doc), ‖G⁻¹‖ and ‖G‖ (None, None for fixed cells: 1)."""
         positions, system = batch.positions, batch.system
         if self.deforming:
             back = torch.linalg.solve(batch.cell, self.reference_cell)  # G⁻¹ = h⁻¹h⁰, [B, 3, 3]
@@ -193,8 +195,8 @@ class BatchedNeighbors:
             squeeze = 1.0 / eigenvalues[:, 0].sqrt()  # ‖G‖ = 1/σ_min(G⁻¹)
         else:
             moved = _squared_norms(positions - self.reference)
-            stretch = squeeze = torch.ones(batch.cell.shape[0], dtype=moved.dtype, device=moved.device)
-        largest = moved.new_zeros(stretch.shape).scatter_reduce_(0, system, moved, "amax", include_self=False)
+            stretch = squeeze = None
+        largest = moved.new_zeros(batch.cell.shape[0]).scatter_reduce_(0, system, moved, "amax", include_self=False)
         return largest, stretch, squeeze
 
     # -- building --------------------------------------------------------------------------------
@@ -290,13 +292,15 @@ def _squared_norms(vectors: torch.Tensor) -> torch.Tensor:
     return x * x + y * y + z * z
 
 
-def _stale(cutoff: float, skin: float, moved: torch.Tensor, stretch: torch.Tensor, squeeze,
+def _stale(cutoff: float, skin: float, moved: torch.Tensor, stretch: torch.Tensor | None, squeeze,
            share: float = 1.0) -> torch.Tensor:
     """[B] bool: systems whose list may miss a pair closer than the cutoff, 2 max|δ| > r_c + s − ‖G⁻¹‖ r_c
     (with ``share`` < 1: that have moved more than that share of what the rule allows).
 
     NaN (a blown-up system) counts as stale.
     """
+    if stretch is None:  # fixed cells: max|δ| ≤ s/2
+        return ~(moved <= (share * 0.5 * skin) ** 2)
     allowed = 0.5 * (cutoff + skin - stretch * cutoff)  # Å, the largest max|δ| the list allows
     return ~((moved <= (share * allowed).square()) & (allowed >= 0))
 
