@@ -102,16 +102,24 @@ class BatchedNeighbors:
         if self.reference is not None and self.reference.shape != batch.positions.shape:
             self.reset()  # other atoms: nothing stored applies
         n_systems = batch.cell.shape[0]
-        if self.reference is None:
-            bounds = None
+        bounds = None  # per system (max|δ|², ‖G⁻¹‖, ‖G‖); None: every list was just built
+        if self.reference is None or self.skin == 0:
             self._rebuild(batch, torch.ones(n_systems, dtype=torch.bool, device=batch.cell.device))
         else:
-            bounds = self._bounds(batch)
-            stale = _stale(self.cutoff, self.skin, *bounds)
-            if self.skin == 0 or bool(stale.any()):  # the one host sync of a call
+            if self.deforming:
+                bounds = self._bounds(batch)
+                due = bool(_stale(self.cutoff, self.skin, *bounds).any())  # the one host sync of a call
+            else:
+                moved = (batch.positions - self.reference).square().sum(1)  # [N] Å²
+                # one reduction over all atoms decides: no atom moved skin/2, no list is stale (the
+                # one host sync of a call; NaN counts as moved)
+                due = not bool(moved.amax() <= (0.5 * self.skin) ** 2)
+                if due or self._needs_filter:
+                    bounds = (self._largest(moved, batch), None, None)
+            if due:
                 # with them, the systems past half their allowance: one search now instead of
                 # another soon (a relaxation's 64 cells needed 49 searches of 1-7 cells each)
-                stale = _stale(self.cutoff, self.skin, *bounds, share=0.5) if self.skin > 0 else torch.ones_like(stale)
+                stale = _stale(self.cutoff, self.skin, *bounds, share=0.5)
                 self._rebuild(batch, stale)
                 moved, stretch, squeeze = bounds  # a rebuilt system has moved by nothing since
                 bounds = (torch.where(stale, 0.0, moved), None if stretch is None else torch.where(stale, 1.0, stretch),
@@ -194,10 +202,14 @@ class BatchedNeighbors:
             stretch = eigenvalues[:, -1].sqrt()  # ‖G⁻¹‖
             squeeze = 1.0 / eigenvalues[:, 0].sqrt()  # ‖G‖ = 1/σ_min(G⁻¹)
         else:
-            moved = _squared_norms(positions - self.reference)
+            moved = (positions - self.reference).square().sum(1)
             stretch = squeeze = None
-        largest = moved.new_zeros(batch.cell.shape[0]).scatter_reduce_(0, system, moved, "amax", include_self=False)
-        return largest, stretch, squeeze
+        return self._largest(moved, batch), stretch, squeeze
+
+    @staticmethod
+    def _largest(moved: torch.Tensor, batch) -> torch.Tensor:
+        """[B] each system's largest entry of the per-atom ``moved`` [N]."""
+        return moved.new_zeros(batch.cell.shape[0]).scatter_reduce_(0, batch.system, moved, "amax", include_self=False)
 
     # -- building --------------------------------------------------------------------------------
     def _rebuild(self, batch, stale: torch.Tensor) -> None:
