@@ -79,7 +79,7 @@ def energy(model, positions: torch.Tensor, cell: torch.Tensor, strain: torch.Ten
     vectors = edge_vectors(positions, cell, system, neighbors)  # [E, 3], Å, batch dtype
     # rounded only now, after the large coordinates have cancelled in r_j − r_i
     energies = model(numbers, neighbors.edge_index, vectors.to(dtype))  # [N], eV
-    return energies.new_zeros(cell.shape[0]).index_add_(0, system, energies), energies
+    return torch.zeros_like(cell[:, 0, 0], dtype=energies.dtype).index_add_(0, system, energies), energies
 
 
 def compute(model: torch.nn.Module, batch: Batch, neighbors: Neighbors, *, forces: bool = True,

@@ -8,8 +8,9 @@ Every timed path integrates NVE velocity Verlet at 0.5 fs from 300 K
 Maxwell-Boltzmann velocities; within a table the paths run in turn, round by
 round, and each cell is the median over rounds of seconds per step. Each
 section runs in its own process (fresh torch thread pool) with its own empty
-``TORCHINDUCTOR_CACHE_DIR`` (unless one is set), so compile times are cold;
-the CLI run of (a) then finds that cache warm.
+``TORCHINDUCTOR_CACHE_DIR`` and ``MLFF_COMPILE_CACHE`` (unless
+``TORCHINDUCTOR_CACHE_DIR`` is set), so compile times are cold; the CLI run of
+(a) then finds those caches warm.
 
 (a) ``ethanol``: examples/ethanol.xyz, bundled ``ethanol-painn``, float32, one
     thread, the process pinned to core 0 (``taskset -c 0``):
@@ -571,8 +572,9 @@ def main() -> None:
         cache = tempfile.TemporaryDirectory(prefix="mlff-md-engine-inductor-")
     def env_for(name):
         env = dict(os.environ)
-        if cache is not None:  # a cold compile in each section; the CLI run then finds the cache warm
+        if cache is not None:  # a cold compile in each section; the CLI run then finds the caches warm
             env["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache.name) / name)
+            env.setdefault("MLFF_COMPILE_CACHE", str(Path(cache.name) / name / "aoti"))  # ase_mlff.aot packages
         return env
 
     run_sections(chosen, lambda name: [sys.executable, __file__, "--section", name, "--replicas", args.replicas,

@@ -105,3 +105,18 @@ def restore_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def compile_cache(tmp_path_factory):
+    """Ahead-of-time packages (ase_mlff.aot) go to a folder of this test session, never to ~/.cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("aoti")
+    before = os.environ.get("MLFF_COMPILE_CACHE")
+    os.environ["MLFF_COMPILE_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("MLFF_COMPILE_CACHE", None)
+    else:
+        os.environ["MLFF_COMPILE_CACHE"] = before

@@ -357,7 +357,12 @@ def test_compile_falls_back_to_eager_with_one_warning(tmp_path, monkeypatch):
             raise RuntimeError("no C compiler found\nmore detail")
         return fail
 
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C compiler found")
+
     monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)  # no package either
+    monkeypatch.setenv("MLFF_COMPILE_CACHE", str(tmp_path / "aoti"))
     model = LennardJones(["Ar"], AR_EPSILON, AR_SIGMA)
     eager = run_md(argon_cluster(), _calc(model), steps=20, seed=1, output=tmp_path / "e", traj_interval=0)
     with pytest.warns(RuntimeWarning, match="torch.compile is unavailable here .RuntimeError: no C compiler"):
@@ -367,11 +372,13 @@ def test_compile_falls_back_to_eager_with_one_warning(tmp_path, monkeypatch):
     np.testing.assert_array_equal(frames(tmp_path / "c.h5", "positions"), frames(tmp_path / "e.h5", "positions"))
 
 
-def test_compiled_evaluation_is_one_graph_per_kind_and_equals_eager():
-    # energy, forces and stress of a periodic argon cell in float64: the compiled graph (edge vectors,
-    # network, sum and torch.func derivatives together) equals autograd's to rounding, and neither a
-    # changing edge count nor a second structure size compiles again (dynamic shapes)
+def test_compiled_evaluation_is_one_graph_per_kind_and_equals_eager(monkeypatch):
+    # energy, forces and stress of a periodic argon cell in float64: the torch.compile graph (edge
+    # vectors, network, sum and torch.func derivatives together) equals autograd's to rounding, and
+    # neither a changing edge count nor a second structure size compiles again (dynamic shapes)
     from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("MLFF_COMPILE_CACHE", "off")  # torch.compile itself, not a package (test_aot.py)
 
     from ase_mlff.compiled import CompiledModel
 

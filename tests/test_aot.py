@@ -1,0 +1,90 @@
+"""Ahead-of-time packages of the compiled evaluation (ase_mlff.aot): built once, loaded by later
+processes, equal to the eager evaluation, and never in the way when they cannot be made."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ethanol, make_model, water
+
+from ase_mlff import MLFFCalculator, aot, save_model
+from ase_mlff.compiled import CompiledModel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compare(model, structures, tol):
+    eager, fast = MLFFCalculator(model, dtype="float32"), MLFFCalculator(model, dtype="float32", compile=True)
+    for atoms in structures:
+        atoms.calc = eager
+        expected = atoms.get_forces(), atoms.get_potential_energy()
+        atoms.calc = fast
+        np.testing.assert_allclose(atoms.get_forces(), expected[0], rtol=0, atol=tol)
+        assert atoms.get_potential_energy() == pytest.approx(expected[1], abs=tol)
+    return fast
+
+
+def test_a_package_is_built_once_equals_eager_and_is_loaded_by_the_next_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFF_COMPILE_CACHE", str(tmp_path / "aoti"))
+    model = make_model("painn", dtype=torch.float32)
+    # sizes other than the traced ones (the package is traced on two copies of the first batch)
+    fast = _compare(model, [ethanol(0), ethanol(2)], tol=2e-4)
+    assert isinstance(fast.evaluator, CompiledModel)
+    packages = list((tmp_path / "aoti").glob("*.pt2"))
+    assert len(packages) == 1 and not list((tmp_path / "aoti").glob("*.failed"))
+    assert [p for p in fast.evaluator._packages.values() if p is not None]  # answered by the package
+    assert not fast.evaluator._graphs  # torch.compile never ran
+    built = packages[0].stat().st_mtime_ns
+    # a new process with the same model file loads the package instead of building one
+    path = save_model(model, tmp_path / "painn.pt")
+    script = ("import sys; from ase_mlff import MLFFCalculator; from conftest import ethanol; "
+              "c = MLFFCalculator(sys.argv[1], dtype='float32', compile=True); a = ethanol(1); a.calc = c; "
+              "a.get_forces(); e = c.evaluator; "
+              "print(len(e._graphs), sum(p is not None for p in e._packages.values()))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "1"]
+    assert packages[0].stat().st_mtime_ns == built and len(list((tmp_path / "aoti").glob("*.pt2"))) == 1
+
+
+def test_a_model_that_cannot_be_packaged_runs_under_torch_compile(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFF_COMPILE_CACHE", str(tmp_path / "aoti"))
+    calls = []
+
+    def cannot(*args):
+        calls.append(1)
+        raise RuntimeError("data-dependent branch")
+
+    monkeypatch.setattr(aot, "_build", cannot)
+    model = make_model("schnet", species=("H", "O"), dtype=torch.float32)
+    fast = _compare(model, [water(0), water(1)], tol=5e-4)
+    assert calls == [1]  # tried once, then the note on disk is believed
+    (note,) = (tmp_path / "aoti").glob("*.failed")
+    assert "data-dependent branch" in note.read_text()
+    assert fast.evaluator._graphs  # torch.compile took over
+    again = water(0)
+    again.calc = MLFFCalculator(model, dtype="float32", compile=True)  # a new evaluator, the same note
+    again.get_forces()
+    assert calls == [1]
+
+
+def test_packages_can_be_switched_off_and_keys_follow_what_the_graph_depends_on(monkeypatch):
+    monkeypatch.setenv("MLFF_COMPILE_CACHE", "off")
+    assert aot.cache_dir() is None
+    a, b = make_model("painn", dtype=torch.float32), make_model("painn", seed=1, dtype=torch.float32)
+    kind = (True, False, False, torch.float32)
+    cpu = torch.device("cpu")
+    assert aot.key(a, kind, cpu) == aot.key(b, kind, cpu)  # weights are inputs, not part of the package
+    assert aot.key(a, kind, cpu) != aot.key(a, (True, True, True, torch.float32), cpu)
+    assert aot.key(a, kind, cpu) != aot.key(make_model("schnet", dtype=torch.float32), kind, cpu)
+    monkeypatch.delenv("MLFF_COMPILE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere")
+    assert aot.cache_dir() == Path("/somewhere/ase-mlff/aoti")
