@@ -39,7 +39,9 @@ def _function(model, forces: bool, stress: bool, periodic: bool, dtype: torch.dt
 
         def total(r, strain):  # the scalar torch.func differentiates, with E and E_i alongside
             e, e_i = energy(model, r, cell, strain, system, numbers, neighbors, dtype)
-            return e.sum(), (e, e_i)
+            # Σ_i E_i (= Σ_b E_b): its gradient starts from ones over the atoms, not from a per-system
+            # gradient gathered back by system index (which AOTInductor sized with the traced system count)
+            return e_i.sum(), (e, e_i)
 
         strain = torch.zeros_like(cell) if stress else None
         if not (forces or stress):

@@ -35,6 +35,12 @@ def test_a_package_is_built_once_equals_eager_and_is_loaded_by_the_next_process(
     model = make_model("painn", dtype=torch.float32)
     # sizes other than the traced ones (the package is traced on two copies of the first batch)
     fast = _compare(model, [ethanol(0), ethanol(2)], tol=2e-4)
+    # more structures in one call than the package was traced with (two copies of one)
+    batch = [ethanol(k) for k in range(3)] * 2
+    expected = MLFFCalculator(model, dtype="float32").calculate_batch(batch)
+    for got, want in zip(fast.calculate_batch(batch), expected):
+        np.testing.assert_allclose(got["forces"], want["forces"], rtol=0, atol=2e-4)
+        assert got["energy"] == pytest.approx(want["energy"], abs=2e-4)
     assert isinstance(fast.evaluator, CompiledModel)
     packages = list((tmp_path / "aoti").glob("*.pt2"))
     assert len(packages) == 1 and not list((tmp_path / "aoti").glob("*.failed"))
