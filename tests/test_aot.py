@@ -30,9 +30,11 @@ def _compare(model, structures, tol):
     return fast
 
 
-def test_a_package_is_built_once_equals_eager_and_is_loaded_by_the_next_process(tmp_path, monkeypatch):
+@pytest.mark.parametrize("architecture", ["painn", "schnet"])
+def test_a_package_is_built_once_equals_eager_and_is_loaded_by_the_next_process(tmp_path, monkeypatch,
+                                                                               architecture):
     monkeypatch.setenv("MLFF_COMPILE_CACHE", str(tmp_path / "aoti"))
-    model = make_model("painn", dtype=torch.float32)
+    model = make_model(architecture, dtype=torch.float32)
     # sizes other than the traced ones (the package is traced on two copies of the first batch)
     fast = _compare(model, [ethanol(0), ethanol(2)], tol=2e-4)
     # more structures in one call than the package was traced with (two copies of one)

@@ -101,7 +101,10 @@ def test_sigkill_leaves_readable_file_that_restarts(tmp_path, ar_files):
     # the last n_frames written, and the readers then stop at n_frames (test_h5_readers_stop_at_n_frames)
     with h5py.File(tmp_path / "killed.h5", "r") as f:
         assert f.attrs["status"] == "running"
-        n = f.attrs["n_frames"]
+        # the system's count is what the readers go by; a flush updates it before the file's total,
+        # so a kill between the two leaves the total one flush behind (seen under load), never ahead
+        n = f["systems/0"].attrs["n_frames"]
+        assert f.attrs["n_frames"] <= n
         assert n >= 10
         assert min(f["systems/0/frames"][name].shape[0] for name in FRAME_FIELDS) >= n
         checkpoint = int(f["checkpoint"].attrs["step"])
