@@ -100,6 +100,14 @@ class Package:
         return energy, energies, d_positions if self.forces else None, d_strain if self.stress else None
 
 
+def traceable(args: tuple) -> bool:
+    """Whether a batch can seed a package: two copies of it must reach the smallest sizes exported
+    (a lone atom or a batch without pairs is answered by torch.compile, and the package waits for a
+    later batch instead of being marked as failed for good)."""
+    positions, edge_index = args[0], args[4]
+    return 2 * positions.shape[0] >= _MIN_ATOMS and 2 * edge_index.shape[1] >= _MIN_EDGES
+
+
 def load_or_build(model, kind: tuple, args: tuple) -> Package | None:
     """The package for ``model`` and this kind of call (module doc), built from ``args`` if new; None
     where packages are off, not possible for this model, or failed to build (the reason kept on disk)."""
@@ -120,8 +128,9 @@ def load_or_build(model, kind: tuple, args: tuple) -> Package | None:
                 warnings.simplefilter("ignore")
                 _build(model, kind, args, names, tensors, path)
         except Exception as error:  # tracing and export fail in many ways; torch.compile takes over
-            line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-            _note(failed, f"{type(error).__name__}: {line}")
+            from .compiled import summary
+
+            _note(failed, summary(error, 300))
             return None
     try:
         with warnings.catch_warnings():

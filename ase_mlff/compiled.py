@@ -84,8 +84,9 @@ class CompiledModel:
         if key not in self._packages:  # an ahead-of-time package, on the CPU (ase_mlff.aot)
             from . import aot
 
-            self._packages[key] = aot.load_or_build(self.model, key, args)
-        package = self._packages[key]
+            if aot.traceable(args):
+                self._packages[key] = aot.load_or_build(self.model, key, args)
+        package = self._packages.get(key)
         if package is not None:
             try:
                 with torch.no_grad():
@@ -121,8 +122,7 @@ class CompiledModel:
     def _fall_back(self, error, batch, neighbors, forces, stress, dtype) -> Output:
         from .forces import compute
 
-        line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        self.failed = f"{type(error).__name__}: {line}"
+        self.failed = summary(error)
         warnings.warn(f"torch.compile is unavailable here ({self.failed}); running the model eagerly",
                       RuntimeWarning, stacklevel=4)
         self.fused = None  # compute() then evaluates this object eagerly, i.e. the model
@@ -130,6 +130,12 @@ class CompiledModel:
 
     def __getattr__(self, name):  # cutoff, species, parameters(), ... of the underlying model
         return getattr(self.__dict__["model"], name)
+
+
+def summary(error: BaseException, limit: int = 200) -> str:
+    """``Type: first line`` of a compilation error (they come in many types, some with pages of text)."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
+    return f"{type(error).__name__}: {line}"
 
 
 def compiled(model) -> CompiledModel:

@@ -110,7 +110,7 @@ class BatchedNeighbors:
                 bounds = self._bounds(batch)
                 due = bool(_stale(self.cutoff, self.skin, *bounds).any())  # the one host sync of a call
             else:
-                moved = (batch.positions - self.reference).square().sum(1)  # [N] Å²
+                moved = _squared_norms(batch.positions - self.reference)  # [N] Å²
                 # one reduction over all atoms decides: no atom moved skin/2, no list is stale (the
                 # one host sync of a call; NaN counts as moved)
                 due = not bool(moved.amax() <= (0.5 * self.skin) ** 2)
@@ -202,7 +202,7 @@ class BatchedNeighbors:
             stretch = eigenvalues[:, -1].sqrt()  # ‖G⁻¹‖
             squeeze = 1.0 / eigenvalues[:, 0].sqrt()  # ‖G‖ = 1/σ_min(G⁻¹)
         else:
-            moved = (positions - self.reference).square().sum(1)
+            moved = _squared_norms(positions - self.reference)
             stretch = squeeze = None
         return self._largest(moved, batch), stretch, squeeze
 

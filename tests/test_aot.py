@@ -96,3 +96,22 @@ def test_packages_can_be_switched_off_and_keys_follow_what_the_graph_depends_on(
     monkeypatch.delenv("MLFF_COMPILE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere")
     assert aot.cache_dir() == Path("/somewhere/ase-mlff/aoti")
+
+
+def test_a_first_call_without_pairs_does_not_rule_a_package_out(tmp_path, monkeypatch):
+    # a lone atom cannot seed a package (no edges to export): that call is answered without one, and
+    # the next batch with pairs builds the package instead of finding a "failed" note
+    from ase import Atoms
+
+    monkeypatch.setenv("MLFF_COMPILE_CACHE", str(tmp_path / "aoti"))
+    monkeypatch.setattr(torch, "compile", lambda function, **kwargs: function)  # torch.compile's answer, eagerly
+    model = make_model("painn", dtype=torch.float32)
+    calc = MLFFCalculator(model, dtype="float32", compile=True)
+    lone = Atoms("H", positions=[[0.0, 0.0, 0.0]])
+    lone.calc = calc
+    assert np.all(lone.get_forces() == 0)
+    assert not (tmp_path / "aoti").exists() or not list((tmp_path / "aoti").iterdir())
+    atoms = ethanol(0)
+    atoms.calc = calc
+    atoms.get_forces()
+    assert len(list((tmp_path / "aoti").glob("*.pt2"))) == 1 and not list((tmp_path / "aoti").glob("*.failed"))
