@@ -360,3 +360,67 @@ def test_one_epoch_on_cuda(tmp_path):
                       tmp_path / "cuda.pt", echo=None)
     result = trainer.fit()
     assert result.epochs == 1 and (tmp_path / "cuda.pt").exists()
+
+
+def _finetune_args(out, parent, *extra):
+    return ["train", str(ETHANOL), "-o", str(out), "--init-from", str(parent), "--batch-size", "10",
+            "--split", str(parent.with_name(parent.stem + ".split.json")), "--seed", "1", "--device", "cpu",
+            "--threads", "1", "--ema-decay", "0.5", "-q", *extra]
+
+
+def test_cli_init_from_starts_from_the_parent_and_resumes(tmp_path):
+    import hashlib
+
+    runner = CliRunner()
+    parent = tmp_path / "parent.pt"
+    assert runner.invoke(main, _train_args(parent, "--epochs", "3")).exit_code == 0
+    tuned = tmp_path / "tuned.pt"
+    # architecture and widths come from the file: none is given here
+    result = runner.invoke(main, _finetune_args(tuned, parent, "--epochs", "2", "--lr", "2e-3",
+                                                "--loss-beta", "0.99"))
+    assert result.exit_code == 0, result.output
+    old, new = read_model_record(parent), read_model_record(tuned)
+    assert new["architecture"] == "schnet" and new["hyperparameters"] == old["hyperparameters"]
+    assert new["energy_reference"] == old["energy_reference"]  # kept, not refitted
+    start = new["metadata"]["training"]["init_from"]
+    assert start["sha256"] == hashlib.sha256(parent.read_bytes()).hexdigest()
+    assert start["epochs"] == 3 and "init_from" not in old["metadata"]["training"]
+    shown = runner.invoke(main, ["info", str(tuned)])
+    assert shown.exit_code == 0 and f"started from      {parent}" in shown.output
+    # epoch 0 of the log is the parent, judged by the new loss on the same validation frames
+    log = np.genfromtxt(tmp_path / "tuned.log.csv", delimiter=",", names=True)
+    assert log["epoch"].tolist() == [0, 1, 2]
+    parent_log = np.genfromtxt(tmp_path / "parent.log.csv", delimiter=",", names=True)
+    best = parent_log["best"].astype(bool)
+    assert log["val_forces_mae_meV_per_A"][0] == pytest.approx(
+        parent_log["val_forces_mae_meV_per_A"][best][-1], abs=2e-3)
+    # the run moved the weights (a fresh optimizer from the parent's point)
+    ckpt = torch.load(str(tuned) + ".ckpt", weights_only=True)
+    moved = max(float((ckpt["model"][k] - v).abs().max()) for k, v in old["state_dict"].items()
+                if v.is_floating_point())
+    assert moved > 1e-4
+    # resuming a fine-tuning run needs neither --init-from nor the parent's file
+    parent.rename(tmp_path / "gone.pt")
+    args = _finetune_args(tuned, parent, "--epochs", "3", "--lr", "2e-3", "--loss-beta", "0.99", "--resume",
+                          "--arch", "schnet", "--features", "8", "--interactions", "1", "--rbf", "6")
+    i = args.index("--init-from")
+    del args[i:i + 2]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    final = read_model_record(tuned)
+    assert final["energy_reference"] == old["energy_reference"]
+    assert final["metadata"]["training"]["init_from"]["sha256"] == start["sha256"]
+    assert np.genfromtxt(tmp_path / "tuned.log.csv", delimiter=",", names=True)["epoch"].tolist() == [0, 1, 2, 3]
+
+
+def test_cli_init_from_errors(tmp_path):
+    runner = CliRunner()
+    parent = tmp_path / "parent.pt"
+    assert runner.invoke(main, _train_args(parent, "--epochs", "1")).exit_code == 0
+    other = runner.invoke(main, _finetune_args(tmp_path / "x.pt", parent, "--features", "16"))
+    assert other.exit_code != 0 and "n_features=8" in other.output and "n_features=16" in other.output
+    assert "Traceback" not in other.output
+    same = runner.invoke(main, _finetune_args(parent, parent))
+    assert same.exit_code != 0 and "is also --output" in same.output
+    missing = runner.invoke(main, _finetune_args(tmp_path / "y.pt", tmp_path / "none.pt"))
+    assert missing.exit_code != 0 and "--init-from" in missing.output and "Traceback" not in missing.output

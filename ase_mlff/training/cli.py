@@ -247,13 +247,18 @@ def _with_cache(function):
 @click.option("--tensorboard", "tensorboard_dir", default=None, type=click.Path(file_okay=False),
               help="Also log to TensorBoard in this folder (needs tensorboard).")
 @_with_cache
+@click.option("--init-from", default=None, metavar="MODEL",
+              help="Start from this model's weights and energy reference (file or bundled name): "
+                   "fine-tuning, or a warm restart with a new learning rate or loss. Architecture, "
+                   "hyperparameters and species come from the file; the optimizer starts afresh, and "
+                   "the output stays that model until an epoch improves on its validation loss.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch progress lines.")
 @_on_ranks
 def train(data, output, architecture, species, energy_unit, length_unit, energy_key, forces_key,
           split_file, split_tag, n_train, n_val, n_test, val_block, seed, threads, metadata_items,
-          tensorboard_dir, resume, overwrite, quiet, cache_dir, no_cache, **hyper):
+          tensorboard_dir, init_from, resume, overwrite, quiet, cache_dir, no_cache, **hyper):
     """Train a potential on DATA (extxyz/db/traj, MD17 .npz, mlff-md .h5) and write --output."""
     from ..threads import set_threads
     from .splits import load_split, random_split, save_split, tagged_split
@@ -262,6 +267,9 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
     dist = click.get_current_context().meta[_RANKS]  # several processes under torchrun: see _on_ranks
 
     output = _check_output_file(output, "--output")
+    if init_from and Path(output).resolve() == Path(init_from).resolve():
+        raise click.ClickException(f"--init-from {init_from} is also --output; write the fine-tuned "
+                                   "model to another file (the parent stays as it is)")
     split_path = output.with_name(output.stem + ".split.json")
     checkpoint = output.with_name(output.name + ".ckpt")
     log_csv = output.with_name(output.stem + ".log.csv")
@@ -283,9 +291,11 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
                 raise click.ClickException(
                     f"{path} exists; pass --overwrite to replace it"
                     + (" or --resume to continue that run" if path == checkpoint else ""))
+    if init_from:
+        architecture, species = _from_parent(init_from, architecture, species, hyper)
     try:
         set_threads(threads)
-        config = TrainConfig(architecture=architecture.lower(),
+        config = TrainConfig(architecture=architecture.lower(), init_from=init_from,
                              species=[s.strip() for s in species.split(",")] if species else None,
                              seed=seed, **hyper)
     except ValueError as error:
@@ -349,6 +359,32 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
     for name, metrics in result.metrics.items():
         click.echo(format_table(metrics, f"{name} set ({metrics['n_frames']} frames)"))
     click.echo(f"split written to {split_path}, log to {trainer.log_csv}, checkpoint {checkpoint}")
+
+
+def _from_parent(init_from: str, architecture: str, species: str | None, hyper: dict) -> tuple[str, str | None]:
+    """Architecture and hyperparameters of --init-from's model, where the command line leaves them.
+
+    Options given on the command line are kept, so that a conflict with the file is an error.
+    """
+    from ..bundled import resolve_model_path
+    from ..io import read_model_record
+
+    try:
+        record = read_model_record(resolve_model_path(init_from))
+    except (ValueError, FileNotFoundError) as error:
+        raise click.ClickException(f"--init-from: {error}") from None
+    given = click.get_current_context().get_parameter_source
+
+    def default(name: str) -> bool:
+        return given(name) is not click.core.ParameterSource.COMMANDLINE
+
+    if default("architecture"):
+        architecture = record["architecture"]
+    stored = record.get("hyperparameters", {})
+    for name in ("cutoff", "n_features", "n_interactions", "n_rbf"):
+        if default(name) and name in stored:
+            hyper[name] = stored[name]
+    return architecture, species
 
 
 @click.command("eval")
@@ -540,6 +576,10 @@ def _training_lines(training: dict) -> list[str]:
         + (f", energy loss {config['energy_loss']}" if config.get("energy_loss") else "")
         + f", EMA {config.get('ema_decay')}",
     ]
+    parent = training.get("init_from")
+    if isinstance(parent, dict):
+        lines.append(f"started from      {parent.get('file')} (sha256 {str(parent.get('sha256'))[:16]}..., "
+                     f"{parent.get('epochs')} epochs, {float(parent.get('wall_time_s') or 0) / 60:.1f} min)")
     return lines
 
 

@@ -56,7 +56,7 @@ from .data import Dataset, check_dataset
 from .distributed import SINGLE, Distributed
 from .evaluate import error_metrics
 from .frames import FrameCache, predict
-from .reference import fit_energy_reference
+from .reference import EnergyReference, fit_energy_reference
 from .splits import Split
 
 OPTIMIZERS = ("adam", "adamw")
@@ -95,6 +95,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
+    # a model file whose weights (and energy reference) start the run: fine-tuning or a warm
+    # restart with new optimizer settings; its architecture and hyperparameters are used
+    init_from: str | None = None
 
     def __post_init__(self):
         get_architecture(self.architecture)
@@ -142,6 +145,52 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
     with torch.no_grad():
         for target, source in zip(ema.parameters(), model.parameters()):
             target.lerp_(source, 1.0 - decay)
+
+
+def _model_reference(model: Potential) -> EnergyReference:
+    return EnergyReference(model.energy_reference(), float(model.scale), float(model.shift))
+
+
+def _parent_model(config: TrainConfig, data_species: list[str]) -> tuple[Potential, dict]:
+    """The model of ``config.init_from`` (weights, reference, architecture) and a record of it.
+
+    Raises:
+        ValueError: the file is not a model, or ``config`` asks for another architecture,
+            other hyperparameters or species than the file has (one line, naming them).
+    """
+    import hashlib
+
+    from ..bundled import resolve_model_path
+    from ..io import load_model
+
+    path = resolve_model_path(config.init_from)
+    model = load_model(path)
+    hyper = model.hyperparameters()
+    asked = {"architecture": config.architecture, **config.model_hyperparameters()}
+    has = {"architecture": model.architecture, **{k: hyper.get(k) for k in asked if k != "architecture"}}
+    if config.species is not None:
+        asked["species"], has["species"] = list(config.species), list(model.species)
+    changed = [k for k in asked if asked[k] != has[k]]
+    if changed:
+        raise ValueError(f"--init-from {config.init_from} is a {model.architecture} model with "
+                         + ", ".join(f"{k}={has[k]!r}" for k in changed) + " but this run asks for "
+                         + ", ".join(f"{k}={asked[k]!r}" for k in changed)
+                         + "; drop those options (they are taken from the file) or start without --init-from")
+    missing = sorted(set(data_species) - set(model.species))
+    if missing:
+        raise ValueError(f"--init-from {config.init_from} covers {', '.join(model.species)} but the "
+                         f"training data has {', '.join(missing)}; fine-tune a model that covers every element")
+    training = model.metadata.get("training", {}) if isinstance(model.metadata, dict) else {}
+    training = training if isinstance(training, dict) else {}
+    record = {
+        "file": str(config.init_from),
+        "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+        **{k: training[k] for k in ("data_sha256", "epochs", "wall_time_s", "config") if k in training},
+    }
+    if training.get("init_from"):  # a chain of fine-tunings keeps its history
+        record["init_from"] = training["init_from"]
+    model.metadata = {}  # the new run writes its own; the parent's is summarised in the record
+    return model.train(), json.loads(json.dumps(record))
 
 
 def hardware_description(device: torch.device) -> str:
@@ -195,7 +244,17 @@ class Trainer:
         self.test_data = data.subset(split.test) if split.test else None
         self.training_data = training_data_record(self.train_data.atoms)  # compositions, elements
 
-        species = config.species or self.train_data.species
+        self.device = resolve_device(distributed.device(config.device))
+        self.dtype = resolve_dtype(config.dtype)
+        torch.manual_seed(config.seed)
+        self.parent = None  # what --init-from started from: file, sha256, its training
+        if config.init_from:
+            self.model, self.parent = _parent_model(config, self.train_data.species)
+            species = self.model.species
+        else:
+            species = config.species or self.train_data.species
+            cls = get_architecture(config.architecture)
+            self.model = cls(species, **config.model_hyperparameters())
         check_dataset(self.train_data, species, "training set")
         for name, subset in (("validation set", self.val_data), ("test set", self.test_data)):
             if subset is not None:
@@ -210,14 +269,12 @@ class Trainer:
         if not data.has_forces and config.energy_weight == 0:
             raise ValueError("the data has no forces and the energy weight is 0: nothing to learn")
 
-        self.device = resolve_device(distributed.device(config.device))
-        self.dtype = resolve_dtype(config.dtype)
-        torch.manual_seed(config.seed)
-        cls = get_architecture(config.architecture)
-        self.model = cls(species, **config.model_hyperparameters())
-        self.reference = fit_energy_reference(self.train_data, self.model.species)
-        self.model.set_energy_reference(self.reference.element_energy, self.reference.scale,
-                                        self.reference.shift)
+        if self.parent is None:
+            self.reference = fit_energy_reference(self.train_data, self.model.species)
+            self.model.set_energy_reference(self.reference.element_energy, self.reference.scale,
+                                            self.reference.shift)
+        else:  # the parent's reference and scale: the run starts from the parent's predictions
+            self.reference = _model_reference(self.model)
         self.model.to(device=self.device, dtype=self.dtype)
         self.ema = copy.deepcopy(self.model)
         # what the optimizer step calls: the model itself, or DDP around it (same parameters)
@@ -323,6 +380,7 @@ class Trainer:
             "config": asdict(self.config), "split": self.split.to_dict(),
             "model": self.model.state_dict(), "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "parent": self.parent,
         }
 
     def save_checkpoint(self) -> None:
@@ -359,8 +417,13 @@ class Trainer:
                              f"give the same data file or {fresh}")
         if state["split"].get("train") != self.split.train or state["split"].get("val") != self.split.val:
             raise ValueError(f"checkpoint {self.checkpoint} used another train/validation split; {fresh}")
+        parent = state.get("parent")
+        if self.parent is not None and (parent or {}).get("sha256") != self.parent["sha256"]:
+            raise ValueError(f"checkpoint {self.checkpoint} did not start from {self.config.init_from} "
+                             f"(--init-from); resume without --init-from, or {fresh}")
+        # the parent's weights are in the checkpoint: resuming does not need its file
         fixed = {k: v for k, v in state["config"].items()
-                 if k not in ("max_epochs", "max_time_min", "patience", "device")}
+                 if k not in ("max_epochs", "max_time_min", "patience", "device", "init_from")}
         mine = {k: v for k, v in asdict(self.config).items() if k in fixed}
         if fixed != mine:
             changed = sorted(k for k in fixed if fixed.get(k) != mine.get(k))
@@ -380,6 +443,10 @@ class Trainer:
             detail = " ".join(str(error).split())[:200] or type(error).__name__
             raise ValueError(f"checkpoint {self.checkpoint} does not fit this model ({detail}); "
                              f"{fresh}") from None
+        # the loss scale and the recorded reference are the checkpoint model's (a fine-tuning
+        # run keeps its parent's, which the data alone would not reproduce)
+        self.reference = _model_reference(self.model)
+        self.parent, self.config.init_from = parent, state["config"].get("init_from")
         self.epoch, self.best_loss = int(state["epoch"]), float(state["best_loss"])
         self.best_epoch, self.elapsed_s = int(state["best_epoch"]), float(state["elapsed_s"])
 
@@ -405,6 +472,7 @@ class Trainer:
                 "torch_version": str(torch.__version__),
                 "ase_mlff_version": __version__,
                 "forces_trained": self.use_forces,
+                **({"init_from": self.parent} if self.parent else {}),
             },
             "metrics": metrics,
             # what the model may be trusted on: calculators warn outside these compositions
@@ -452,6 +520,18 @@ class Trainer:
                   f"(validation {len(self.split.val)}, test {len(self.split.test)}), "
                   f"{sum(p.numel() for p in self.model.parameters())} parameters, device {self.device}{ranks}")
         stopped = "max_epochs"
+        if self.parent is not None and self.epoch == 0:
+            # the parent is the model to beat: epoch 0 of the log, and the output until an
+            # epoch improves on it (fine-tuning never leaves a worse model than it started from)
+            self.best_loss, metrics = self._validate()
+            self._save_best({"validation": metrics})
+            writer.writerow([0, "0.0", f"{self.optimizer.param_groups[0]['lr']:.3e}", "nan",
+                             f"{self.best_loss:.6g}", f"{metrics['energy_mae_meV_per_atom']:.4f}",
+                             f"{metrics.get('forces_mae_meV_per_A', float('nan')):.3f}", 1,
+                             f"{metrics['energy_mae_meV']:.3f}"])
+            self.echo(f"starting from {config.init_from}: val {self.best_loss:.4g}  "
+                      f"E {metrics['energy_mae_meV']:.2f} meV"
+                      + (f"  F {metrics['forces_mae_meV_per_A']:.2f} meV/Å" if self.use_forces else ""))
         try:
             while self.epoch < config.max_epochs:
                 # clocks differ between ranks: rank 0 decides for all
