@@ -413,7 +413,7 @@ def test_cli_init_from_starts_from_the_parent_and_resumes(tmp_path):
     assert np.genfromtxt(tmp_path / "tuned.log.csv", delimiter=",", names=True)["epoch"].tolist() == [0, 1, 2, 3]
 
 
-def test_cli_init_from_errors(tmp_path):
+def test_cli_init_from_errors(tmp_path, monkeypatch):
     runner = CliRunner()
     parent = tmp_path / "parent.pt"
     assert runner.invoke(main, _train_args(parent, "--epochs", "1")).exit_code == 0
@@ -422,5 +422,12 @@ def test_cli_init_from_errors(tmp_path):
     assert "Traceback" not in other.output
     same = runner.invoke(main, _finetune_args(parent, parent))
     assert same.exit_code != 0 and "is also --output" in same.output
+    # a bundled potential named by its name is its file too: --overwrite must not replace it
+    monkeypatch.setenv("MLFF_POTENTIALS", str(tmp_path))
+    before = parent.read_bytes()
+    by_name = runner.invoke(main, ["train", str(ETHANOL), "-o", str(parent), "--init-from", "parent",
+                                   "--overwrite", "-q"])
+    assert by_name.exit_code != 0 and "is also --output" in by_name.output
+    assert parent.read_bytes() == before
     missing = runner.invoke(main, _finetune_args(tmp_path / "y.pt", tmp_path / "none.pt"))
     assert missing.exit_code != 0 and "--init-from" in missing.output and "Traceback" not in missing.output

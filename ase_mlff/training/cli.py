@@ -267,7 +267,7 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
     dist = click.get_current_context().meta[_RANKS]  # several processes under torchrun: see _on_ranks
 
     output = _check_output_file(output, "--output")
-    if init_from and Path(output).resolve() == Path(init_from).resolve():
+    if init_from and output.resolve() == _parent_path(init_from).resolve():
         raise click.ClickException(f"--init-from {init_from} is also --output; write the fine-tuned "
                                    "model to another file (the parent stays as it is)")
     split_path = output.with_name(output.stem + ".split.json")
@@ -292,7 +292,7 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
                     f"{path} exists; pass --overwrite to replace it"
                     + (" or --resume to continue that run" if path == checkpoint else ""))
     if init_from:
-        architecture, species = _from_parent(init_from, architecture, species, hyper)
+        architecture = _from_parent(init_from, architecture, hyper)
     try:
         set_threads(threads)
         config = TrainConfig(architecture=architecture.lower(), init_from=init_from,
@@ -361,16 +361,26 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
     click.echo(f"split written to {split_path}, log to {trainer.log_csv}, checkpoint {checkpoint}")
 
 
-def _from_parent(init_from: str, architecture: str, species: str | None, hyper: dict) -> tuple[str, str | None]:
-    """Architecture and hyperparameters of --init-from's model, where the command line leaves them.
+def _parent_path(init_from: str) -> Path:
+    """The file --init-from names (a path or a bundled potential's name)."""
+    from ..bundled import resolve_model_path
+
+    try:
+        return Path(resolve_model_path(init_from))
+    except (ValueError, FileNotFoundError) as error:
+        raise click.ClickException(f"--init-from: {error}") from None
+
+
+def _from_parent(init_from: str, architecture: str, hyper: dict) -> str:
+    """Architecture (returned) and hyperparameters (into ``hyper``) of --init-from's model,
+    where the command line leaves them.
 
     Options given on the command line are kept, so that a conflict with the file is an error.
     """
-    from ..bundled import resolve_model_path
     from ..io import read_model_record
 
     try:
-        record = read_model_record(resolve_model_path(init_from))
+        record = read_model_record(_parent_path(init_from))
     except (ValueError, FileNotFoundError) as error:
         raise click.ClickException(f"--init-from: {error}") from None
     given = click.get_current_context().get_parameter_source
@@ -384,7 +394,7 @@ def _from_parent(init_from: str, architecture: str, species: str | None, hyper: 
     for name in ("cutoff", "n_features", "n_interactions", "n_rbf"):
         if default(name) and name in stored:
             hyper[name] = stored[name]
-    return architecture, species
+    return architecture
 
 
 @click.command("eval")

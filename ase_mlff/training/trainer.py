@@ -147,6 +147,15 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             target.lerp_(source, 1.0 - decay)
 
 
+def _log_row(writer, epoch: int, time_s: float, lr: float, train_loss: float, val_loss: float,
+             metrics: dict, best: bool) -> None:
+    """One row of the per-epoch CSV log (columns written by :meth:`Trainer.fit`)."""
+    writer.writerow([epoch, f"{time_s:.1f}", f"{lr:.3e}", f"{train_loss:.6g}", f"{val_loss:.6g}",
+                     f"{metrics['energy_mae_meV_per_atom']:.4f}",
+                     f"{metrics.get('forces_mae_meV_per_A', float('nan')):.3f}", int(best),
+                     f"{metrics['energy_mae_meV']:.3f}"])
+
+
 def _model_reference(model: Potential) -> EnergyReference:
     return EnergyReference(model.energy_reference(), float(model.scale), float(model.shift))
 
@@ -525,10 +534,8 @@ class Trainer:
             # epoch improves on it (fine-tuning never leaves a worse model than it started from)
             self.best_loss, metrics = self._validate()
             self._save_best({"validation": metrics})
-            writer.writerow([0, "0.0", f"{self.optimizer.param_groups[0]['lr']:.3e}", "nan",
-                             f"{self.best_loss:.6g}", f"{metrics['energy_mae_meV_per_atom']:.4f}",
-                             f"{metrics.get('forces_mae_meV_per_A', float('nan')):.3f}", 1,
-                             f"{metrics['energy_mae_meV']:.3f}"])
+            _log_row(writer, 0, 0.0, self.optimizer.param_groups[0]["lr"], float("nan"), self.best_loss,
+                     metrics, True)
             self.echo(f"starting from {config.init_from}: val {self.best_loss:.4g}  "
                       f"E {metrics['energy_mae_meV']:.2f} meV"
                       + (f"  F {metrics['forces_mae_meV_per_A']:.2f} meV/Å" if self.use_forces else ""))
@@ -553,9 +560,7 @@ class Trainer:
                 self.save_checkpoint()
                 lr = self.optimizer.param_groups[0]["lr"]
                 forces_mae = metrics.get("forces_mae_meV_per_A", float("nan"))
-                writer.writerow([self.epoch, f"{self.elapsed_s:.1f}", f"{lr:.3e}", f"{train_loss:.6g}",
-                                 f"{val_loss:.6g}", f"{metrics['energy_mae_meV_per_atom']:.4f}",
-                                 f"{forces_mae:.3f}", int(improved), f"{metrics['energy_mae_meV']:.3f}"])
+                _log_row(writer, self.epoch, self.elapsed_s, lr, train_loss, val_loss, metrics, improved)
                 log.flush()
                 if tensorboard is not None:
                     for key, value in (("loss/train", train_loss), ("loss/val", val_loss),
