@@ -17,8 +17,8 @@
 #             loss-beta     (1-β)·MSE(E per structure) + β·MSE(F), β in {0.99, 0.9, 0.5}, lr 1e-3;
 #             lr-batch      β 0.9 per structure, lr in {5e-4, 2e-3} × batch in {5, 10};
 #           (all batch 10 unless listed; 8 trials, 40 minutes with TRIAL_TIME 300);
-#           mlff-md sweep draws a random split of its own unless the study folder already holds
-#           one (sweep.json): the script writes the train01 split there first;
+#           every study takes the train01 split with the same options as the long run
+#           (`--split-tag`, stored in each study's sweep.json);
 #   train   the long run with the chosen settings, for MAX_TIME minutes: ethanol_painn.pt with
 #           its .split.json, .log.csv and .pt.ckpt (the checkpoint: weights, EMA, optimizer and
 #           learning-rate schedule);
@@ -48,36 +48,19 @@ model=(--arch painn --features 64 --interactions 3 --rbf 20 --cutoff 5.0)
 long=(--loss-beta 0.9 --energy-loss per-structure --lr 2e-3 --lr-patience 20 --batch-size 10
       --patience 150)
 
-# the train01 split as a sweep record (sweep.json: study name, data hash, frame indices)
-seed_study() {  # FOLDER STUDY_NAME
-    mkdir -p "$1"
-    python - "$DATA" "$1/sweep.json" "$2" "${split[@]}" <<'EOF'
-import sys
-from ase_mlff.training.data import read_dataset
-from ase_mlff.training.splits import save_split, tagged_split
-data, path, name, *options = sys.argv[1:]
-options = dict(zip(options[::2], options[1::2]))
-dataset = read_dataset(data)
-n_train = options.get("--n-train")
-split = tagged_split([str(info["rmd17_splits"]) for info in dataset.info], "train01", "test01",
-                     n_val=int(options["--n-val"]), val_block=int(options["--val-block"]), seed=0,
-                     n_train=None if n_train is None else int(n_train))
-save_split(split, path, {"study_name": name, "data": str(data), "data_sha256": dataset.fingerprint()})
-EOF
-}
-
 for stage in $STAGES; do
     case "$stage" in
         sweep)
             common=("$DATA" --sampler grid --pruner none --trial-time "$TRIAL_TIME" --arch painn
                     --set features=64 --set interactions=3 --set rbf=20 --set cutoff=5.0
-                    --set lr_patience=10 --set epochs="$EPOCHS" --threads "$THREADS")
+                    --set lr_patience=10 --set epochs="$EPOCHS" --threads "$THREADS"
+                    --split-tag rmd17_splits:train01:test01 "${split[@]}")
             for study in loss-default loss-beta lr-batch; do
                 folder=ethanol_painn_sweep/$study
                 if [ -e "$folder" ]; then
                     echo "$folder exists: move it away to sweep again" >&2; exit 1
                 fi
-                seed_study "$folder" "$study"
+                mkdir -p "$folder"
             done
             echo '{"lr": [1e-3]}' > ethanol_painn_sweep/loss-default/space.json
             echo '{"beta": [0.99, 0.9, 0.5]}' > ethanol_painn_sweep/loss-beta/space.json

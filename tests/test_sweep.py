@@ -175,7 +175,27 @@ def test_sweep_trains_every_trial_on_the_split_given(tmp_path):
     assert (trained["train"], trained["val"], trained["test"]) == (split["train"], split["val"], split["test"])
     (tmp_path / "other.json").write_text(json.dumps({**split, "val": list(range(40, 47))}))
     result = runner.invoke(main, _sweep(out, "--split", str(tmp_path / "other.json"), "--sampler", "grid")[3:])
-    assert result.exit_code != 0 and "another split than --split gives" in result.output
+    assert result.exit_code != 0 and "another split than" in result.output
     (tmp_path / "outside.json").write_text(json.dumps({**split, "val": [10_000]}))
     result = runner.invoke(main, _sweep(tmp_path / "s2", "--split", str(tmp_path / "outside.json"))[3:])
     assert result.exit_code != 0 and "10000" in result.output
+
+
+def test_sweep_split_tag_is_the_split_train_draws(tmp_path):
+    # --split-tag/--val-block as mlff-md train takes them: the study trains on the same frames
+    # that `mlff-md train --split-tag` with the same options and seed would use
+    from ase_mlff.training.data import read_dataset
+    from ase_mlff.training.splits import tagged_split
+
+    (tmp_path / "space.json").write_text(json.dumps({"lr": [1e-3]}))
+    out = tmp_path / "study"
+    tag = ["--split-tag", "rmd17_splits:train01:test01", "--val-block", "5", "--n-val", "5"]
+    result = CliRunner().invoke(main, _sweep(out, "--sampler", "grid", *tag)[3:])
+    assert result.exit_code == 0, result.output
+    stored = json.loads((out / "sweep.json").read_text())
+    expected = tagged_split([str(info["rmd17_splits"]) for info in read_dataset(ETHANOL).info],
+                            "train01", "test01", n_val=5, val_block=5, seed=0)
+    assert (stored["train"], stored["val"], stored["test"]) == (expected.train, expected.val, expected.test)
+    assert len(stored["train"]) == 30 and len(stored["test"]) == 5
+    bad = CliRunner().invoke(main, _sweep(tmp_path / "s2", "--split-tag", "rmd17_splits:train01")[3:])
+    assert bad.exit_code != 0 and "expected KEY:TRAIN:TEST" in bad.output

@@ -194,6 +194,57 @@ def _with_cache(function):
     return function
 
 
+_split_options = [
+    click.option("--split", "split_file", type=click.Path(dir_okay=False), default=None,
+                 help="JSON file with 'train', 'val' (and 'test') frame-index lists, e.g. a model's "
+                      "<name>.split.json."),
+    click.option("--split-tag", default=None, metavar="KEY:TRAIN:TEST",
+                 help="Split by a per-frame tag in atoms.info, e.g. rmd17_splits:train01:test01; "
+                      "validation frames are blocks of frames carrying neither tag."),
+    click.option("--n-train", default=None, help="Training frames (count or fraction; default: all the rest)."),
+    click.option("--n-val", default="0.1", show_default=True, help="Validation frames (count or fraction)."),
+    click.option("--n-test", default="0.1", show_default=True,
+                 help="Test frames (count or fraction; random split only)."),
+    click.option("--val-block", default=25, show_default=True,
+                 help="Consecutive frames per validation block (--split-tag)."),
+]
+
+
+def _with_split(function):
+    """The options that choose a split (train and sweep take the same ones): see :func:`_choose_split`."""
+    for option in reversed(_split_options):
+        function = option(function)
+    return function
+
+
+def _choose_split(dataset, data, split_file, split_tag, n_train, n_val, n_test, val_block, seed):
+    """The split the options of :func:`_with_split` name: a file, a per-frame tag, or random."""
+    from .splits import load_split, random_split, tagged_split
+
+    if split_file:
+        split = load_split(split_file)
+    elif split_tag:
+        parts = split_tag.split(":")
+        if len(parts) != 3:
+            raise click.BadParameter(f"{split_tag!r}: expected KEY:TRAIN:TEST", param_hint="--split-tag")
+        key, train_tag, test_tag = parts
+        missing = [k for k, info in enumerate(dataset.info) if key not in info]
+        if missing:
+            raise ValueError(f"frame {missing[0]} of {data} has no {key!r} in atoms.info")
+        n_val_count = _count(n_val, "--n-val")
+        if isinstance(n_val_count, float):
+            n_val_count = int(round(n_val_count * len(dataset)))
+        n_train_count = _count(n_train, "--n-train")
+        split = tagged_split([str(info[key]) for info in dataset.info], train_tag, test_tag,
+                             n_val=n_val_count, val_block=val_block, seed=seed,
+                             n_train=None if n_train_count is None else int(n_train_count))
+    else:
+        split = random_split(len(dataset), n_val=_count(n_val, "--n-val"), n_test=_count(n_test, "--n-test"),
+                             n_train=_count(n_train, "--n-train"), seed=seed)
+    split.check_range(len(dataset), str(data))
+    return split
+
+
 @click.command()
 @click.argument("data", type=click.Path(dir_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(), help="Model file to write (.pt).")
@@ -208,16 +259,7 @@ def _with_cache(function):
               help="atoms.info key of the energy (without a calculator).")
 @click.option("--forces-key", default="forces", show_default=True,
               help="atoms.arrays key of the forces (without a calculator).")
-@click.option("--split", "split_file", type=click.Path(dir_okay=False), default=None,
-              help="JSON file with 'train', 'val' (and 'test') frame-index lists.")
-@click.option("--split-tag", default=None, metavar="KEY:TRAIN:TEST",
-              help="Split by a per-frame tag in atoms.info, e.g. rmd17_splits:train01:test01; "
-                   "validation frames are blocks of frames carrying neither tag.")
-@click.option("--n-train", default=None, help="Training frames (count or fraction; default: all the rest).")
-@click.option("--n-val", default="0.1", show_default=True, help="Validation frames (count or fraction).")
-@click.option("--n-test", default="0.1", show_default=True, help="Test frames (count or fraction; random split only).")
-@click.option("--val-block", default=25, show_default=True,
-              help="Consecutive frames per validation block (--split-tag).")
+@_with_split
 @click.option("--seed", default=0, show_default=True, help="Seed of the split, the initial weights and the shuffling.")
 @click.option("--energy-weight", default=1.0, show_default=True, help="Weight of the per-atom energy loss.")
 @click.option("--forces-weight", default=10.0, show_default=True, help="Weight of the force loss.")
@@ -261,7 +303,7 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
           tensorboard_dir, init_from, resume, overwrite, quiet, cache_dir, no_cache, **hyper):
     """Train a potential on DATA (extxyz/db/traj, MD17 .npz, mlff-md .h5) and write --output."""
     from ..threads import set_threads
-    from .splits import load_split, random_split, save_split, tagged_split
+    from .splits import load_split, save_split
     from .trainer import TrainConfig, Trainer
 
     dist = click.get_current_context().meta[_RANKS]  # several processes under torchrun: see _on_ranks
@@ -309,27 +351,9 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
     try:
         if resume:
             split = load_split(split_path)
-        elif split_file:
-            split = load_split(split_file)
-        elif split_tag:
-            parts = split_tag.split(":")
-            if len(parts) != 3:
-                raise click.BadParameter(f"{split_tag!r}: expected KEY:TRAIN:TEST", param_hint="--split-tag")
-            key, train_tag, test_tag = parts
-            missing = [k for k, info in enumerate(dataset.info) if key not in info]
-            if missing:
-                raise ValueError(f"frame {missing[0]} of {data} has no {key!r} in atoms.info")
-            n_val_count = _count(n_val, "--n-val")
-            if isinstance(n_val_count, float):
-                n_val_count = int(round(n_val_count * len(dataset)))
-            n_train_count = _count(n_train, "--n-train")
-            split = tagged_split([str(info[key]) for info in dataset.info], train_tag, test_tag,
-                                 n_val=n_val_count, val_block=val_block, seed=seed,
-                                 n_train=None if n_train_count is None else int(n_train_count))
+            split.check_range(len(dataset), str(data))
         else:
-            split = random_split(len(dataset), n_val=_count(n_val, "--n-val"), n_test=_count(n_test, "--n-test"),
-                                 n_train=_count(n_train, "--n-train"), seed=seed)
-        split.check_range(len(dataset), str(data))
+            split = _choose_split(dataset, data, split_file, split_tag, n_train, n_val, n_test, val_block, seed)
         if not quiet and dist.is_main:
             echo = click.echo
         else:

@@ -204,10 +204,11 @@ def shared_split(folder: Path, data: Dataset, n_val, n_test, seed: int, study_na
     stored_split = load_split(path)
     if given is not None and (stored_split.train, stored_split.val, stored_split.test) != (
             given.train, given.val, given.test):
-        raise ValueError(f"-o {folder} holds study {study_name!r} with another split than --split gives "
+        raise ValueError(f"-o {folder} holds study {study_name!r} with another split than this command's "
+                         "--split/--split-tag/--n-train give "
                          f"({len(stored_split.train)}/{len(stored_split.val)}/{len(stored_split.test)} "
                          f"train/val/test frames there, {len(given.train)}/{len(given.val)}/{len(given.test)} "
-                         "here): choose another -o or drop --split")
+                         "here): choose another -o or the same split options")
     return stored_split
 
 

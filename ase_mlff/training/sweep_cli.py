@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli import _check_folder, _count, _fail, _metadata_items, _read, _with_units
-from .splits import load_split
+from .cli import _check_folder, _choose_split, _count, _fail, _metadata_items, _read, _with_split, _with_units
 
 
 @click.command()
@@ -31,11 +30,7 @@ from .splits import load_split
 @click.option("--sampler-seed", type=int, default=None, help="Seed of the sampler (default: random).")
 @click.option("--arch", "architecture", default="painn", show_default=True, help="Architecture: painn or schnet.")
 @_with_units
-@click.option("--split", "split_file", type=click.Path(dir_okay=False), default=None,
-              help="JSON with train/val/test frame indices (as mlff-md train --split takes, e.g. a model's "
-                   "<name>.split.json); default: a random split by --n-val/--n-test/--seed.")
-@click.option("--n-val", default="0.1", show_default=True, help="Validation frames (count or fraction).")
-@click.option("--n-test", default="0.1", show_default=True, help="Test frames (count or fraction).")
+@_with_split
 @click.option("--seed", default=0, show_default=True, help="Seed of the split and of every trial's weights.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="A training setting shared by all trials, e.g. --set patience=20 --set batch_size=10.")
@@ -43,8 +38,8 @@ from .splits import load_split
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads of this process.")
 def sweep(data, space, output, sampler, n_trials, trial_time_s, metric, pruner, storage, study_name,
-          sampler_seed, architecture, energy_unit, length_unit, split_file, n_val, n_test, seed, settings, device,
-          dtype, threads):
+          sampler_seed, architecture, energy_unit, length_unit, split_file, split_tag, n_train, n_val, n_test,
+          val_block, seed, settings, device, dtype, threads):
     """Search hyperparameters of a potential trained on DATA with Optuna (needs ase-mlff[sweep]).
 
     Several processes (on one machine, or on several with --storage a shared
@@ -74,7 +69,10 @@ def sweep(data, space, output, sampler, n_trials, trial_time_s, metric, pruner, 
         n_trials = 20
     storage = storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     try:
-        given = load_split(split_file) if split_file else None
+        # the same split options as mlff-md train; a random split (the default) is drawn by
+        # shared_split, once for every process of the study
+        given = (_choose_split(dataset, data, split_file, split_tag, n_train, n_val, n_test, val_block, seed)
+                 if split_file or split_tag or n_train is not None else None)
         split = sweeps.shared_split(folder, dataset, _count(n_val, "--n-val"), _count(n_test, "--n-test"),
                                     seed, study_name, given)
         job = sweeps.Sweep(dataset, split, parameters, base, folder, metric=metric, trial_time_s=trial_time_s,
