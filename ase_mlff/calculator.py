@@ -33,7 +33,8 @@ from .compositions import (
 from .forces import compute
 from .io import load_model
 from .models import Potential
-from .neighbors import NeighborList, Neighbors, edge_vectors
+from .neighbors import NeighborList
+from .skin_lists import BatchedNeighbors
 from .threads import set_threads
 
 
@@ -52,9 +53,11 @@ class MLFFCalculator(Calculator):
         compile: evaluate the network under ``torch.compile`` (dynamic atom and
             edge counts; compiled at the first call, eager with one warning where
             compilation is unavailable; see :mod:`ase_mlff.compiled`).
-        skin: Å. Between calls the neighbor list is reused while no atom has
-            moved more than skin/2 (exact: see ``_SkinNeighborList``); 0
-            rebuilds it on every call.
+        skin: Å. Between calls the neighbor list (built at cutoff + skin) is
+            reused while it still holds every pair within the cutoff: no atom
+            moved more than skin/2, or, once the cell changes between calls (a
+            cell filter), the rule of :mod:`ase_mlff.skin_lists` for deforming
+            cells. Exact by construction; 0 rebuilds it on every call.
     """
 
     implemented_properties = ("energy", "free_energy", "forces", "stress", "energies")
@@ -88,10 +91,8 @@ class MLFFCalculator(Calculator):
             parameter.requires_grad_(False)  # forces need dE/dr, never dE/dweights
         self.compile = bool(compile)
         self.evaluator = compiled(self.model) if self.compile else self.model
-        if not skin >= 0:
-            raise ValueError(f"skin must be >= 0 Å, got {skin}")
         self.neighbor_list = NeighborList(self.model.cutoff, neighbor_backend)
-        self._skin_list = _SkinNeighborList(self.neighbor_list, skin)
+        self._skin_list = BatchedNeighbors(self.model.cutoff, skin, neighbor_backend)  # checks skin >= 0
         # JSON-serialisable, so the calculator can be written into .traj files
         self.parameters.update(model=name, device=str(self.device), dtype=dtype_name(self.dtype),
                                neighbor_backend=neighbor_backend, skin=float(skin), compile=self.compile)
@@ -159,7 +160,7 @@ class MLFFCalculator(Calculator):
                 f"{atoms.pbc.tolist()}; set atoms.pbc = True with a 3-D cell, or do not ask for stress"
             )
         batch = self._batch_for(atoms, system_changes)
-        neighbors = self._skin_list(batch, batch.numbers, atoms.arrays["positions"])
+        neighbors = self._skin_list(batch)
         output = compute(self.evaluator, batch, neighbors, forces=True, stress=want_stress, dtype=self.dtype)
         energy = float(output.energy[0].detach())
         results = {
@@ -248,57 +249,17 @@ class MLFFCalculator(Calculator):
 
     def _batch_for(self, atoms: Atoms, system_changes) -> Batch:
         # In MD only positions change: reuse numbers, cell and system index.
-        if self._batch is not None and set(system_changes) <= {"positions"}:
+        changes = set(system_changes)
+        if self._batch is not None and changes <= {"positions"}:
             check_positions(atoms.positions, atoms.numbers)  # atoms_to_batch is skipped here
             positions = torch.from_numpy(atoms.positions).to(device=self.device, dtype=torch.float64)
             self._batch = self._batch.replace(positions=positions)
-        else:
-            self._batch = self._make_batch(atoms)
+            return self._batch
+        # the skin list depends on positions, cell and pbc only (not the numbers); it
+        # forgets itself when the atom count changes
+        if self._batch is None or changes - {"positions", "numbers", "cell"}:
+            self._skin_list.reset()
+        elif "cell" in changes:  # a cell filter: from now on the list follows the cell's deformation
+            self._skin_list.follow_deformation()
+        self._batch = self._make_batch(atoms)
         return self._batch
-
-
-class _SkinNeighborList:
-    """Verlet-list reuse of the neighbor list between MD steps, exact by construction.
-
-    The list is built with radius cutoff + skin. While no atom has moved more
-    than skin/2 since then, no pair outside cutoff + skin can have come within
-    the cutoff, so the stored pairs still contain every true neighbor; the
-    ones now beyond the cutoff are dropped before the model sees them. When
-    no stored pair lay within skin of the cutoff at build time (a small
-    molecule well inside the cutoff), no pair can cross it before the next
-    rebuild and even that filter is skipped. The model therefore always sees
-    exactly the pairs a fresh neighbor list would give.
-    """
-
-    def __init__(self, neighbor_list: NeighborList, skin: float):
-        self.cutoff = neighbor_list.cutoff
-        self.skin = float(skin)
-        self.wide = NeighborList(self.cutoff + self.skin, neighbor_list.backend)
-        self._key = None
-        self._reference: np.ndarray | None = None
-        self._neighbors: Neighbors | None = None
-        self._needs_filter = True
-
-    def __call__(self, batch: Batch, key, positions: np.ndarray) -> Neighbors:
-        if (key is not self._key or self._reference is None
-                or self._reference.shape != positions.shape
-                or np.max(np.sum((positions - self._reference) ** 2, axis=1)) > (0.5 * self.skin) ** 2):
-            self._build(batch, key, positions)
-        if not self._needs_filter:
-            return self._neighbors
-        vectors = edge_vectors(batch.positions, batch.cell, batch.system, self._neighbors)
-        inside = vectors.square().sum(1) < self.cutoff**2
-        n = self._neighbors
-        return Neighbors(n.edge_index[:, inside], n.shifts[inside], n.periodic)
-
-    def _build(self, batch: Batch, key, positions: np.ndarray) -> None:
-        neighbors = self.wide(batch)
-        distances = torch.linalg.vector_norm(
-            edge_vectors(batch.positions, batch.cell, batch.system, neighbors), dim=1)
-        near_cutoff = (distances > self.cutoff - self.skin) & (distances < self.cutoff + self.skin)
-        self._needs_filter = bool(near_cutoff.any())
-        if not self._needs_filter:
-            inside = distances < self.cutoff
-            neighbors = Neighbors(neighbors.edge_index[:, inside], neighbors.shifts[inside],
-                                  neighbors.periodic)
-        self._neighbors, self._key, self._reference = neighbors, key, positions.copy()

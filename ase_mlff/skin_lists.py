@@ -96,6 +96,13 @@ class BatchedNeighbors:
         self._needs_filter = True
         self._last: tuple | None = None  # (inside [E] bool, Neighbors) of the previous call
 
+    def follow_deformation(self) -> None:
+        """From now on the cells may change between calls (``deforming``); the lists built so far stay."""
+        if not self.deforming:
+            self.deforming = True
+            self._needs_filter = self.skin > 0
+            self._last = None
+
     # -- per call ----------------------------------------------------------------------------
     def __call__(self, batch) -> Neighbors:
         """[2, E] edges closer than the cutoff, and their shifts, of ``batch``'s current geometry."""

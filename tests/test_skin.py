@@ -61,6 +61,35 @@ def test_molecule_reuse_matches_rebuild():
         np.testing.assert_allclose(a.get_forces(), b.get_forces(), atol=1e-12)
 
 
+def test_reuse_matches_rebuild_while_the_cell_deforms():
+    # a cell filter's calls: cell and positions change together; the list follows the deformation
+    # (rebuilt only when the rule of ase_mlff.skin_lists says so) and stays exact
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat(2)
+    atoms.rattle(0.1, seed=4)
+    model = LennardJones(["Ar"], epsilon=0.0104, sigma=3.4, cutoff=6.0)
+    reuse = MLFFCalculator(model, dtype="float64", skin=1.0)
+    fresh = MLFFCalculator(model, dtype="float64", skin=0.0)
+    rng = np.random.default_rng(5)
+    cell0 = atoms.cell.array.copy()
+    strain = np.zeros((3, 3))
+    calls = 40
+    for k in range(calls):
+        step = rng.normal(scale=0.004, size=(3, 3))
+        strain += 0.5 * (step + step.T)
+        a = atoms.copy()
+        a.set_cell(cell0 @ (np.eye(3) + strain), scale_atoms=True)
+        a.positions += rng.normal(scale=0.02, size=a.positions.shape) * k / calls
+        b = a.copy()
+        a.calc, b.calc = reuse, fresh
+        assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-12)
+        np.testing.assert_allclose(a.get_forces(), b.get_forces(), atol=1e-12)
+        np.testing.assert_allclose(a.get_stress(), b.get_stress(), atol=1e-12)
+    assert np.abs(strain).max() > 0.02  # the cell did deform
+    # reused, and rebuilt when due (each structure is two calls: energy and forces, then stress)
+    assert reuse._skin_list.deforming and 1 <= reuse._skin_list.rebuilds < fresh._skin_list.rebuilds // 4, (
+        reuse._skin_list.rebuilds, fresh._skin_list.rebuilds)
+
+
 def test_negative_skin_rejected():
     with pytest.raises(ValueError, match="skin"):
         MLFFCalculator(LennardJones(["Ar"]), skin=-1.0)
