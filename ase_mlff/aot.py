@@ -20,7 +20,7 @@ checked against the eager evaluation on the batch that built it (it was traced
 on two copies of that batch, so at other sizes). Where a model cannot be
 exported this way, or its package disagrees, a ``<key>.failed`` note keeps the
 reason and :class:`CompiledModel` uses ``torch.compile``, quietly: both give
-the same results. A size-dependent branch of a model (SchNet's pair-wise
+the same results. A size-dependent branch of a model (SchNet's and PaiNN's pair-wise
 filters from 1,024 edges) is fixed at the traced sizes; both branches compute
 the same sum, so only the speed of other sizes depends on it.
 

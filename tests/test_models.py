@@ -519,3 +519,26 @@ def test_schnet_sends_each_pair_filter_both_ways_as_a_directed_sum_would(monkeyp
     expected = model.readout(x).squeeze(1)
     got = model.atomic_outputs(species, neighbors.edge_index, vectors)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def test_painn_sends_each_pair_filter_both_ways_as_directed_edges_would(monkeypatch):
+    """PaiNN's two paths (one filter per pair, sent both ways along ±r̂; one per directed edge)
+    give the same energies, forces and stress: the filter depends on |r| only, and the reverse
+    edge's direction is −r̂."""
+    from ase_mlff.models import painn
+
+    torch.manual_seed(3)
+    model = make_model("painn", SPECIES["water"]).double()
+    for p in model.parameters():  # non-zero vector features from the first block on
+        p.data.add_(0.05 * torch.randn_like(p))
+    batch = atoms_to_batch([water(0), water(1)])
+    neighbors = neighbor_list(batch, model.cutoff)
+    outputs = {}
+    for name, min_edges in [("pairwise", 0), ("directed", 10**9)]:
+        monkeypatch.setattr(painn, "PAIRWISE_MIN_EDGES", min_edges)
+        outputs[name] = compute(model, batch, neighbors, forces=True, stress=True, dtype=torch.float64)
+    a, b = outputs["pairwise"], outputs["directed"]
+    assert float(a.forces.abs().max()) > 1e-3  # something to compare
+    torch.testing.assert_close(a.energies, b.energies, rtol=0, atol=1e-11)
+    torch.testing.assert_close(a.forces, b.forces, rtol=0, atol=1e-11)
+    torch.testing.assert_close(a.stress, b.stress, rtol=0, atol=1e-12)

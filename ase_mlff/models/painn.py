@@ -14,6 +14,14 @@ edge vector and W(r_ij) a filter from a sine radial basis times a cosine cutoff.
 | Δs_i = a_sv ⊙ ⟨U v_i, V v_i⟩ + a_ss                     (10)      |                           |
 | y_i = Dense(silu(Dense(s_i)))                                     | ``readout``               |
 
+W(r_ij) depends on |r_ij| only, so from ``PAIRWISE_MIN_EDGES`` edges on it is
+evaluated once per pair (``half_edges``) and the message sent both ways, j → i
+along r̂_ij and i → j along r̂_ji = −r̂_ij (as SchNet does; it needs the full,
+symmetric lists of :mod:`ase_mlff.neighbors`). A force call then takes 0.87×
+the time on 192 waters (10,000 edges) and 0.91× on 64 ethanols (4,608), one
+thread; on one ethanol (72 edges) it would take 1.09×, so small graphs keep a
+filter per directed edge.
+
 silu may be replaced by another ``activation``, the sine basis by Gaussians;
 these options cover the variants SchNetPack 2 trains (see :mod:`ase_mlff.spk`).
 """
@@ -26,7 +34,11 @@ import torch
 from torch import nn
 
 from .base import Potential
-from .layers import cosine_cutoff, get_activation, mlp, radial_basis
+from .layers import cosine_cutoff, get_activation, half_edges, mlp, radial_basis
+
+#: edges from which filters are evaluated once per pair and sent both ways (as SchNet's;
+#: measured crossover: module doc)
+PAIRWISE_MIN_EDGES = 1024
 
 
 class _Block(nn.Module):
@@ -85,6 +97,10 @@ class PaiNN(Potential):
                     **{k: v for k, v in options.items() if v != self._OPTIONS[k]})
 
     def atomic_outputs(self, species, edge_index, edge_vectors):
+        both_ways = edge_index.shape[1] >= PAIRWISE_MIN_EDGES  # then P edges: one per pair, else all E
+        if both_ways:
+            pair = half_edges(edge_index, edge_vectors)
+            edge_index, edge_vectors = edge_index[:, pair], edge_vectors[pair]
         i, j = edge_index
         F = self.n_features
         distances = torch.linalg.vector_norm(edge_vectors, dim=1, keepdim=True)  # [E, 1], Å
@@ -95,12 +111,16 @@ class PaiNN(Potential):
         s = self.embedding(species)  # [N, F]
         v = s.new_zeros((s.shape[0], 3, F))  # [N, 3, F]
         for block, w in zip(self.blocks, filters):
-            # message: neighbors' scalars and vectors, filtered by distance
-            phi = block.context(s)[j] * w  # [E, 3F]
-            phi_s, phi_vv, phi_vs = torch.split(phi, F, dim=1)
-            dv = phi_vv.unsqueeze(1) * v[j] + phi_vs.unsqueeze(1) * directions  # [E, 3, F]
-            s = s + torch.zeros_like(s).index_add_(0, i, phi_s)
-            v = v + torch.zeros_like(v).index_add_(0, i, dv)
+            # message: neighbors' scalars and vectors, filtered by distance (j -> i)
+            context = block.context(s)  # [N, 3F]
+            phi_s, phi_vv, phi_vs = torch.split(context[j] * w, F, dim=1)  # [E, F] each
+            ds = torch.zeros_like(s).index_add_(0, i, phi_s)
+            dv = torch.zeros_like(v).index_add_(0, i, phi_vv.unsqueeze(1) * v[j] + phi_vs.unsqueeze(1) * directions)
+            if both_ways:  # the same pair's filter, i -> j, along r̂_ji = −r̂_ij
+                phi_s, phi_vv, phi_vs = torch.split(context[i] * w, F, dim=1)
+                ds.index_add_(0, j, phi_s)
+                dv.index_add_(0, j, phi_vv.unsqueeze(1) * v[i] - phi_vs.unsqueeze(1) * directions)
+            s, v = s + ds, v + dv
             # update: couple scalars and vectors within each atom
             u_v, v_v = torch.split(block.mix(v), F, dim=2)  # [N, 3, F] each
             v_norm = torch.sqrt(v_v.square().sum(1) + self.epsilon)  # eps keeps the gradient finite at 0
