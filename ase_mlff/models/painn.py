@@ -17,10 +17,10 @@ edge vector and W(r_ij) a filter from a sine radial basis times a cosine cutoff.
 W(r_ij) depends on |r_ij| only, so from ``PAIRWISE_MIN_EDGES`` edges on it is
 evaluated once per pair (``half_edges``) and the message sent both ways, j → i
 along r̂_ij and i → j along r̂_ji = −r̂_ij (as SchNet does; it needs the full,
-symmetric lists of :mod:`ase_mlff.neighbors`). A force call then takes 0.87×
-the time on 192 waters (10,000 edges) and 0.91× on 64 ethanols (4,608), one
-thread; on one ethanol (72 edges) it would take 1.09×, so small graphs keep a
-filter per directed edge.
+symmetric lists of :mod:`ase_mlff.neighbors`). A float32 force call then takes
+0.74× the time on 192 waters (10,000 edges), 0.81× on 64 ethanols (4,608) and
+0.87× on 16 (1,152), one quiet thread; on 8 ethanols (576 edges) 0.96×, on one
+(72) 1.13×, so small graphs keep a filter per directed edge.
 
 silu may be replaced by another ``activation``, the sine basis by Gaussians;
 these options cover the variants SchNetPack 2 trains (see :mod:`ase_mlff.spk`).
