@@ -98,6 +98,8 @@ class Neighbors:
     edge_index: torch.Tensor
     shifts: torch.Tensor
     periodic: bool
+    #: a bound on |S| component-wise (the largest, from the builders), or None: see :func:`shift_vectors`
+    reach: int | None = None
 
     @property
     def n_edges(self) -> int:
@@ -116,11 +118,43 @@ def edge_vectors(
     # index_select, not advanced indexing: the same values at half the cost on the CPU
     vectors = positions.index_select(0, j) - positions.index_select(0, i)
     if neighbors.periodic:
-        shift_vectors = torch.bmm(
-            neighbors.shifts.to(cell.dtype).unsqueeze(1), cell.index_select(0, system.index_select(0, i))
-        ).squeeze(1)
-        vectors = vectors + shift_vectors
+        vectors = vectors + shift_vectors(cell, system.index_select(0, i), neighbors.shifts, neighbors.reach)
     return vectors
+
+
+def shift_vectors(cell: torch.Tensor, edge_system: torch.Tensor, shifts: torch.Tensor,
+                  reach: int | None = None) -> torch.Tensor:
+    """S·cell of each edge, [E, 3] Å, differentiable in ``cell`` [B, 3, 3].
+
+    With ``reach`` (every |S| component at most that) it is gathered from a [B·K, 3] table
+    of the K = (2·reach + 1)³ shifts within reach: one [E, 3] gather instead of a [E, 3, 3]
+    gather and E tiny matrix products, forward and backward (on 64 Mo cells, 184k edges:
+    5.4 vs 9.4 ms forward, 8 vs 26-56 ms with the gradient for the stress). Without it (inside
+    compiled graphs, where the compiler fuses the product) one row times matrix per edge.
+    """
+    if reach is None:
+        return torch.bmm(shifts.to(cell.dtype).unsqueeze(1), cell.index_select(0, edge_system)).squeeze(1)
+    return shift_table(cell, reach).index_select(0, shift_codes(edge_system, shifts, reach))
+
+
+def shift_table(cell: torch.Tensor, reach: int) -> torch.Tensor:
+    """[B·K, 3] Å: S·cell_b for every system b and the K = (2·reach + 1)³ shifts S within reach."""
+    width = 2 * reach + 1
+    grid = torch.arange(width ** 3, device=cell.device)
+    shifts = torch.stack([grid // (width * width), grid // width % width, grid % width], 1) - reach
+    return torch.einsum("kc,bcd->bkd", shifts.to(cell.dtype), cell).reshape(-1, 3)
+
+
+def shift_codes(edge_system: torch.Tensor, shifts: torch.Tensor, reach: int) -> torch.Tensor:
+    """[E] each edge's row of :func:`shift_table` (its system and shift)."""
+    width = 2 * reach + 1
+    s = shifts + reach
+    return edge_system * width ** 3 + (s[:, 0] * width + s[:, 1]) * width + s[:, 2]
+
+
+def largest_shift(shifts: torch.Tensor) -> int:
+    """The largest |S| component of [E, 3] shifts (0 without edges): a ``reach``, one host sync."""
+    return int(shifts.abs().max()) if shifts.numel() else 0
 
 
 class NeighborList:
@@ -619,4 +653,5 @@ def _edges(images: _Images, center: torch.Tensor, image: torch.Tensor,
     shift = images.shift.index_select(0, image)
     if images.wrap is not None:
         shift += images.wrap.index_select(0, edge_index[0])
-    return Neighbors(edge_index, shift.long(), True)
+    shift = shift.long()
+    return Neighbors(edge_index, shift, True, largest_shift(shift))

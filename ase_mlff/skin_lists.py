@@ -54,7 +54,7 @@ from __future__ import annotations
 import torch
 
 from .batch import Batch
-from .neighbors import NeighborList, Neighbors
+from .neighbors import NeighborList, Neighbors, largest_shift, shift_codes, shift_table
 
 
 class BatchedNeighbors:
@@ -132,12 +132,13 @@ class BatchedNeighbors:
                 bounds = (torch.where(stale, 0.0, moved), None if stretch is None else torch.where(stale, 1.0, stretch),
                           None if squeeze is None else torch.where(stale, 1.0, squeeze))
         if not self._needs_filter:
-            return Neighbors(self.edge_index, self.shifts, self.periodic)
+            return Neighbors(self.edge_index, self.shifts, self.periodic, self._reach)
         inside = self._inside(batch, bounds)
         if self._last is not None and torch.equal(inside, self._last[0]):
             return self._last[1]  # the same pairs as the previous call
         kept = torch.nonzero(inside).squeeze(1)
-        neighbors = Neighbors(self.edge_index.index_select(1, kept), self.shifts.index_select(0, kept), self.periodic)
+        neighbors = Neighbors(self.edge_index.index_select(1, kept), self.shifts.index_select(0, kept), self.periodic,
+                              self._reach)
         self._last = (inside, neighbors)
         return neighbors
 
@@ -253,7 +254,7 @@ class BatchedNeighbors:
             self.reference_cell = torch.where(stale.view(-1, 1, 1), batch.cell, self.reference_cell)
         # the reach of the kept edges is at most the old one (a table a little wider than
         # needed after systems left costs nothing)
-        reach = max(int(new_shifts.abs().max()) if new_shifts.numel() else 0, 0 if first else self._reach)
+        reach = max(largest_shift(new_shifts), 0 if first else self._reach)
         old_index = new_index[:, :0] if first else self.edge_index
         order, at_new = _merge(old_index, kept, new_index, new_shifts, n_atoms, reach)  # into cat([old, new])
         self.edge_index = torch.cat([old_index, new_index], 1).index_select(1, order)
@@ -284,9 +285,7 @@ class BatchedNeighbors:
         self._code = self._codes(self.edge_index, self.shifts)
 
     def _codes(self, edge_index: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-        width = 2 * self._reach + 1
-        s = shifts + self._reach
-        return self._system[edge_index[0]] * width ** 3 + (s[:, 0] * width + s[:, 1]) * width + s[:, 2]
+        return shift_codes(self._system[edge_index[0]], shifts, self._reach)
 
     def _vectors(self, batch, edges: torch.Tensor | None = None) -> torch.Tensor:
         """[E, 3] Å, r_j − r_i + S·cell of the stored edges (or of those at ``edges``), not differentiated."""
@@ -296,13 +295,9 @@ class BatchedNeighbors:
         vectors = positions.index_select(0, j) - positions.index_select(0, i)
         if not self.periodic:
             return vectors
-        # S·cell from a [B, K] table of the K shifts within reach: a gather per edge instead
-        # of a 3x3 product per edge
-        width = 2 * self._reach + 1
-        grid = torch.arange(width ** 3, device=positions.device)
-        shifts = torch.stack([grid // (width * width), grid // width % width, grid % width], 1) - self._reach
-        table = torch.einsum("kc,bcd->bkd", shifts.to(batch.cell.dtype), batch.cell).reshape(-1, 3)
-        return vectors + table.index_select(0, code)
+        # S·cell from the table of the shifts within reach (neighbors.shift_vectors), with the
+        # stored edges' codes
+        return vectors + shift_table(batch.cell, self._reach).index_select(0, code)
 
 
 def _squared_norms(vectors: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,14 @@ def half_edges(edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Te
     return (i < j) | ((i == j) & positive)
 
 
+def one_edge_per_pair(edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The edges :func:`half_edges` keeps, [2, P] and [P, 3]: one index list and two
+    ``index_select`` (boolean indexing would find the kept edges twice, and its backward
+    is a masked scatter)."""
+    kept = torch.nonzero(half_edges(edge_index, edge_vectors)).squeeze(1)
+    return edge_index.index_select(1, kept), edge_vectors.index_select(0, kept)
+
+
 def shifted_softplus(x: torch.Tensor) -> torch.Tensor:
     """ssp(x) = ln(½eˣ + ½), the SchNet activation (zero at x = 0)."""
     return nn.functional.softplus(x) - math.log(2.0)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .base import Potential
-from .layers import half_edges
+from .layers import one_edge_per_pair
 
 
 class LennardJones(Potential):
@@ -48,8 +48,7 @@ class LennardJones(Potential):
                     cutoff=self.cutoff, onset=self.onset, smooth=self.smooth)
 
     def atomic_outputs(self, species, edge_index, edge_vectors):
-        pair_edges = half_edges(edge_index, edge_vectors)  # u(r) once per pair, half to each atom
-        edge_index, edge_vectors = edge_index[:, pair_edges], edge_vectors[pair_edges]
+        edge_index, edge_vectors = one_edge_per_pair(edge_index, edge_vectors)  # u(r) once per pair, half to each atom
         x, y, z = edge_vectors.unbind(1)
         r2 = x * x + y * y + z * z  # [P], Å² (square().sum(1) reduces a length-3 axis ~10x slower on CPU)
         c6 = (self.sigma**2 / r2) ** 3

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .base import Potential
-from .layers import cosine_cutoff, get_activation, half_edges, mlp, radial_basis
+from .layers import cosine_cutoff, get_activation, mlp, one_edge_per_pair, radial_basis
 
 #: edges from which filters are evaluated once per pair and sent both ways (as SchNet's;
 #: measured crossover: module doc)
@@ -99,8 +99,7 @@ class PaiNN(Potential):
     def atomic_outputs(self, species, edge_index, edge_vectors):
         both_ways = edge_index.shape[1] >= PAIRWISE_MIN_EDGES  # then P edges: one per pair, else all E
         if both_ways:
-            pair = half_edges(edge_index, edge_vectors)
-            edge_index, edge_vectors = edge_index[:, pair], edge_vectors[pair]
+            edge_index, edge_vectors = one_edge_per_pair(edge_index, edge_vectors)
         i, j = edge_index
         F = self.n_features
         distances = torch.linalg.vector_norm(edge_vectors, dim=1, keepdim=True)  # [E, 1], Å

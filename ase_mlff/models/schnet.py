@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .base import Potential
-from .layers import cosine_cutoff, get_activation, half_edges, mlp, radial_basis
+from .layers import cosine_cutoff, get_activation, mlp, one_edge_per_pair, radial_basis
 
 #: edges from which filters are evaluated once per pair (measured crossover: module doc)
 PAIRWISE_MIN_EDGES = 1024
@@ -96,8 +96,7 @@ class SchNet(Potential):
     def atomic_outputs(self, species, edge_index, edge_vectors):
         both_ways = edge_index.shape[1] >= PAIRWISE_MIN_EDGES  # then P edges: one per pair, else all E
         if both_ways:
-            pair = half_edges(edge_index, edge_vectors)
-            edge_index, edge_vectors = edge_index[:, pair], edge_vectors[pair]
+            edge_index, edge_vectors = one_edge_per_pair(edge_index, edge_vectors)
         i, j = edge_index
         distances = torch.linalg.vector_norm(edge_vectors, dim=1)  # [P], Å
         envelope = cosine_cutoff(distances, self.cutoff).unsqueeze(1)  # [P, 1]

@@ -27,7 +27,7 @@ import torch
 
 from ..batch import Batch, _check_cell
 from ..forces import compute
-from ..neighbors import NeighborList, Neighbors
+from ..neighbors import NeighborList, Neighbors, largest_shift
 from .data import Dataset
 from .flat import atom_index
 
@@ -63,6 +63,7 @@ class FrameCache:
             self.shifts = None
         self.edges = self.edges.to(self.device)  # [2, n_edges], int32, atom indices within the frame
         self.shifts = None if self.shifts is None else self.shifts.to(self.device)
+        self.reach = None if self.shifts is None else largest_shift(self.shifts)  # of every batch's shifts
         self.positions = torch.from_numpy(frames.positions).to(self.device, dtype)  # [n_atoms, 3], Å
         self.numbers = torch.from_numpy(frames.numbers).to(self.device)
         self.cell = torch.from_numpy(frames.cell).to(self.device, dtype)  # [n_frames, 3, 3], Å
@@ -94,7 +95,7 @@ class FrameCache:
         edge_index = self.edges[:, edges].long() + first_atom
         shifts = (self.shifts[edges].long() if self.periodic
                   else torch.zeros((edge_index.shape[1], 3), dtype=torch.long, device=self.device))
-        neighbors = Neighbors(edge_index, shifts, self.periodic)
+        neighbors = Neighbors(edge_index, shifts, self.periodic, self.reach)
         energy = self.energy[frames_t]
         forces = None if self.forces is None else self.forces[atoms]
         return batch, neighbors, energy, forces
