@@ -199,3 +199,6 @@ def test_sweep_split_tag_is_the_split_train_draws(tmp_path):
     assert len(stored["train"]) == 30 and len(stored["test"]) == 5
     bad = CliRunner().invoke(main, _sweep(tmp_path / "s2", "--split-tag", "rmd17_splits:train01")[3:])
     assert bad.exit_code != 0 and "expected KEY:TRAIN:TEST" in bad.output
+    (tmp_path / "split.json").write_text(json.dumps({"train": [1, 2], "val": [3]}))
+    both = CliRunner().invoke(main, _sweep(tmp_path / "s3", *tag, "--split", str(tmp_path / "split.json"))[3:])
+    assert both.exit_code != 0 and "both choose the split: give one" in both.output

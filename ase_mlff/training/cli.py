@@ -221,6 +221,8 @@ def _choose_split(dataset, data, split_file, split_tag, n_train, n_val, n_test, 
     """The split the options of :func:`_with_split` name: a file, a per-frame tag, or random."""
     from .splits import load_split, random_split, tagged_split
 
+    if split_file and split_tag:
+        raise click.UsageError(f"--split {split_file} and --split-tag {split_tag} both choose the split: give one")
     if split_file:
         split = load_split(split_file)
     elif split_tag:
