@@ -54,7 +54,7 @@ from __future__ import annotations
 import torch
 
 from .batch import Batch
-from .neighbors import NeighborList, Neighbors, largest_shift, shift_codes, shift_table
+from .neighbors import NeighborList, Neighbors, shift_codes, shift_table
 
 
 class BatchedNeighbors:
@@ -235,6 +235,7 @@ class BatchedNeighbors:
         first = self.reference is None
         new_index = torch.zeros((2, 0), dtype=torch.long, device=positions.device)
         new_shifts = torch.zeros((0, 3), dtype=torch.long, device=positions.device)
+        new_reach = 0  # largest |shift component| of the new edges
         if bool(build.any()):
             systems = torch.nonzero(build).squeeze(1)
             atoms = torch.nonzero(build[system]).squeeze(1)  # [n] global atom indices, sorted
@@ -243,6 +244,7 @@ class BatchedNeighbors:
                          pbc=batch.pbc[systems], system=remap[system[atoms]], n_atoms=batch.n_atoms[systems])
             built = self.wide(part) if self.skin > 0 else NeighborList(self.cutoff, self.wide.backend)(part)
             new_index, new_shifts = atoms[built.edge_index], built.shifts.to(torch.long)
+            new_reach = built.reach or 0  # the builder measured it (None: open systems, no shifts)
             self.periodic = self.periodic or built.periodic
         if first:
             kept = torch.zeros(0, dtype=torch.long, device=positions.device)
@@ -254,7 +256,7 @@ class BatchedNeighbors:
             self.reference_cell = torch.where(stale.view(-1, 1, 1), batch.cell, self.reference_cell)
         # the reach of the kept edges is at most the old one (a table a little wider than
         # needed after systems left costs nothing)
-        reach = max(largest_shift(new_shifts), 0 if first else self._reach)
+        reach = max(new_reach, 0 if first else self._reach)
         old_index = new_index[:, :0] if first else self.edge_index
         order, at_new = _merge(old_index, kept, new_index, new_shifts, n_atoms, reach)  # into cat([old, new])
         self.edge_index = torch.cat([old_index, new_index], 1).index_select(1, order)
