@@ -21,8 +21,10 @@ on two copies of that batch, so at other sizes). Where a model cannot be
 exported this way, or its package disagrees, a ``<key>.failed`` note keeps the
 reason and :class:`CompiledModel` uses ``torch.compile``, quietly: both give
 the same results. A size-dependent branch of a model (SchNet's and PaiNN's pair-wise
-filters from 1,024 edges) is fixed at the traced sizes; both branches compute
-the same sum, so only the speed of other sizes depends on it.
+filters from 1,024 edges, ``Potential.pairwise``) is fixed in a traced graph,
+so each branch has its own package, traced on that branch and keyed by it: a
+cache filled by one small molecule does not slow down a later batch of 64
+(it did, by 1.4×, while one package served both).
 
 The cache is ``$MLFF_COMPILE_CACHE``, else ``$XDG_CACHE_HOME/ase-mlff/aoti``, else
 ``~/.cache/ase-mlff/aoti``; ``MLFF_COMPILE_CACHE=off`` switches packages off.
@@ -30,6 +32,7 @@ The cache is ``$MLFF_COMPILE_CACHE``, else ``$XDG_CACHE_HOME/ase-mlff/aoti``, el
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -72,7 +75,7 @@ def _state(model) -> tuple[list[str], list[torch.Tensor]]:
     return [name for name, _ in named], [tensor for _, tensor in named]
 
 
-def key(model, kind: tuple, device: torch.device) -> str:
+def key(model, kind: tuple, device: torch.device, pairwise: bool | None = None) -> str:
     from ._version import __version__
 
     names, tensors = _state(model)
@@ -81,7 +84,7 @@ def key(model, kind: tuple, device: torch.device) -> str:
               "class": f"{type(model).__module__}.{type(model).__qualname__}", "modules": repr(model),
               "hyperparameters": json.dumps(hyper, sort_keys=True, default=str),
               "tensors": [(n, list(t.shape), str(t.dtype)) for n, t in zip(names, tensors)],
-              "kind": [str(k) for k in kind], "device": device.type}
+              "kind": [str(k) for k in kind], "pairwise": pairwise, "device": device.type}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -108,14 +111,20 @@ def traceable(args: tuple) -> bool:
     return 2 * positions.shape[0] >= _MIN_ATOMS and 2 * edge_index.shape[1] >= _MIN_EDGES
 
 
-def load_or_build(model, kind: tuple, args: tuple) -> Package | None:
-    """The package for ``model`` and this kind of call (module doc), built from ``args`` if new; None
-    where packages are off, not possible for this model, or failed to build (the reason kept on disk)."""
+def load_or_build(model, kind: tuple, args: tuple, pairwise: bool | None = None) -> Package | None:
+    """The package for ``model``, this kind of call and the model's size branch (module doc), built from
+    ``args`` if new; None where packages are off, not possible for this model, or failed to build (the
+    reason kept on disk).
+
+    Args:
+        pairwise: the branch of the model's :meth:`~ase_mlff.models.base.Potential.pairwise` that
+            ``args`` take (None: a model without one); the package is traced on it and keyed by it.
+    """
     folder = cache_dir()
     device = args[0].device
     if folder is None or device.type != "cpu":  # CUDA packages: not yet run anywhere, so not offered
         return None
-    name = key(model, kind, device)
+    name = key(model, kind, device, pairwise)
     path, failed = folder / f"{name}.pt2", folder / f"{name}.failed"
     if failed.exists():
         return None
@@ -126,7 +135,7 @@ def load_or_build(model, kind: tuple, args: tuple) -> Package | None:
             folder.mkdir(parents=True, exist_ok=True)
             with warnings.catch_warnings():  # tracing and inductor's own deprecation notices: not the user's
                 warnings.simplefilter("ignore")
-                _build(model, kind, args, names, tensors, path)
+                _build(model, kind, args, names, tensors, path, pairwise)
         except Exception as error:  # tracing and export fail in many ways; torch.compile takes over
             from .compiled import summary
 
@@ -183,7 +192,8 @@ def _doubled(args: tuple) -> tuple:
             torch.cat([shifts, shifts]))
 
 
-def _build(model, kind: tuple, args: tuple, names: list[str], tensors: list[torch.Tensor], path: Path) -> None:
+def _build(model, kind: tuple, args: tuple, names: list[str], tensors: list[torch.Tensor], path: Path,
+           pairwise: bool | None) -> None:
     from torch.fx.experimental.proxy_tensor import make_fx
 
     from .compiled import _function
@@ -200,7 +210,9 @@ def _build(model, kind: tuple, args: tuple, names: list[str], tensors: list[torc
 
     state = tensors
     example = _doubled(args)
-    with torch.no_grad():
+    # traced on the branch of ``args``, not the one two copies of them would take
+    pin = model.pinned(pairwise) if pairwise is not None else contextlib.nullcontext()
+    with torch.no_grad(), pin:
         graph = make_fx(evaluate, tracing_mode="symbolic")(tensors, *example)
 
     class Exported(torch.nn.Module):

@@ -81,18 +81,20 @@ class CompiledModel:
         key = (bool(forces), bool(stress), bool(neighbors.periodic), dtype)
         args = (batch.positions, batch.cell, batch.system, batch.numbers, neighbors.edge_index, neighbors.shifts)
         start = time.perf_counter()  # the first compilation imports the compiler: counted too
-        if key not in self._packages:  # an ahead-of-time package, on the CPU (ase_mlff.aot)
+        pairwise = self._pairwise(neighbors.edge_index.shape[1])
+        package_key = (*key, pairwise)  # one package per size branch of the model (ase_mlff.aot)
+        if package_key not in self._packages:  # an ahead-of-time package, on the CPU (ase_mlff.aot)
             from . import aot
 
             if aot.traceable(args):
-                self._packages[key] = aot.load_or_build(self.model, key, args)
-        package = self._packages.get(key)
+                self._packages[package_key] = aot.load_or_build(self.model, key, args, pairwise)
+        package = self._packages.get(package_key)
         if package is not None:
             try:
                 with torch.no_grad():
                     results = package(*args)
             except Exception:  # sizes or inputs the package cannot take: torch.compile from now on
-                results = self._packages[key] = None
+                results = self._packages[package_key] = None
             if results is not None:
                 if self.seconds is None:
                     self.seconds = time.perf_counter() - start
@@ -118,6 +120,12 @@ class CompiledModel:
         if first and self.seconds is None:
             self.seconds = time.perf_counter() - start
         return output(batch, *results)
+
+    def _pairwise(self, n_edges: int) -> bool | None:
+        """The model's size branch for this many edges (None: it has none)."""
+        if getattr(self.model, "pairwise_min_edges", None) is None:
+            return None
+        return self.model.pairwise(n_edges)
 
     def _fall_back(self, error, batch, neighbors, forces, stress, dtype) -> Output:
         from .forces import compute

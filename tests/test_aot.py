@@ -115,3 +115,40 @@ def test_a_first_call_without_pairs_does_not_rule_a_package_out(tmp_path, monkey
     atoms.calc = calc
     atoms.get_forces()
     assert len(list((tmp_path / "aoti").glob("*.pt2"))) == 1 and not list((tmp_path / "aoti").glob("*.failed"))
+
+
+def test_each_size_branch_of_a_model_gets_its_own_package_traced_on_that_branch(tmp_path, monkeypatch):
+    # PaiNN evaluates its filters once per pair from pairwise_min_edges edges on; a package is traced on
+    # two copies of its first batch, which may cross that size, and keeps the branch it was traced on.
+    # The branch of the batch itself is the one traced, and a larger batch gets a package of its own.
+    import ase_mlff.models.painn as painn
+
+    monkeypatch.setenv("MLFF_COMPILE_CACHE", str(tmp_path / "aoti"))
+    traced = []
+    real = painn.one_edge_per_pair
+    monkeypatch.setattr(painn, "one_edge_per_pair", lambda *a: traced.append(1) or real(*a))
+    model = make_model("painn", dtype=torch.float32)
+    one = ethanol(0)
+    from ase_mlff.batch import atoms_to_batch
+    from ase_mlff.neighbors import NeighborList
+
+    n_edges = NeighborList(model.cutoff)(atoms_to_batch([one])).edge_index.shape[1]
+    model.pairwise_min_edges = n_edges + 1  # one molecule below, two copies above
+    assert not model.pairwise(n_edges) and model.pairwise(2 * n_edges)
+    fast = MLFFCalculator(model, dtype="float32", compile=True)
+    eager = MLFFCalculator(model, dtype="float32")
+    one.calc = fast
+    forces = one.get_forces()
+    assert traced == []  # per-edge filters in the package, as the eager call of this size
+    one.calc = eager
+    np.testing.assert_allclose(forces, one.get_forces(), rtol=0, atol=2e-4)
+    batch = [ethanol(1), ethanol(2)]
+    got = fast.calculate_batch(batch)
+    assert traced  # the second package is traced on the pair-wise branch
+    want = eager.calculate_batch(batch)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g["forces"], w["forces"], rtol=0, atol=2e-4)
+    assert len(list((tmp_path / "aoti").glob("*.pt2"))) == 2
+    assert not fast.evaluator._graphs  # both answered by packages
+    kind, cpu = (True, False, False, torch.float32), torch.device("cpu")
+    assert aot.key(model, kind, cpu, False) != aot.key(model, kind, cpu, True)

@@ -16,6 +16,7 @@ here: see :mod:`ase_mlff.forces`, the one place that differentiates.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 from ase.data import atomic_numbers, chemical_symbols
@@ -63,6 +64,10 @@ class Potential(nn.Module):
     """
 
     architecture = "potential"
+    #: edge count from which :meth:`atomic_outputs` evaluates its filters once per pair instead of once
+    #: per directed edge (None: the model has no such size-dependent branch); see :meth:`pairwise`
+    pairwise_min_edges: int | None = None
+    _pinned_pairwise: bool | None = None  # the branch fixed while a graph is traced (:meth:`pinned`)
 
     def __init__(self, species: Sequence[str | int], cutoff: float):
         super().__init__()
@@ -107,6 +112,27 @@ class Potential(nn.Module):
         """Per-atom energies [n_atoms] in eV (float64: the reference is added in float64)."""
         y = self.atomic_outputs(self.species_index[numbers], edge_index, edge_vectors)
         return y * self.scale + self.shift + self.element_energy[numbers]
+
+    def pairwise(self, n_edges) -> bool:
+        """Whether :meth:`atomic_outputs` takes its once-per-pair branch for ``n_edges`` edges.
+
+        Both branches compute the same sum; which is faster depends on the size. A graph traced
+        with symbolic sizes keeps the branch of its trace (:mod:`ase_mlff.aot` keys its packages by
+        it and traces inside :meth:`pinned`).
+        """
+        if self._pinned_pairwise is not None:
+            return self._pinned_pairwise
+        return self.pairwise_min_edges is not None and n_edges >= self.pairwise_min_edges
+
+    @contextmanager
+    def pinned(self, pairwise: bool | None):
+        """Within the block :meth:`pairwise` answers ``pairwise`` whatever the size (None: by size)."""
+        before = self._pinned_pairwise
+        self._pinned_pairwise = pairwise
+        try:
+            yield self
+        finally:
+            self._pinned_pairwise = before
 
     def check_numbers(self, numbers) -> None:
         """Error naming the elements the model does not cover."""

@@ -67,6 +67,7 @@ class PaiNN(Potential):
     """
 
     architecture = "painn"
+    pairwise_min_edges = PAIRWISE_MIN_EDGES
     #: options added after the first five, with the defaults that give the original network
     _OPTIONS = dict(activation="silu", rbf="bessel", rbf_width=None, readout_hidden=None,
                     readout_activation="silu", epsilon=1e-8)
@@ -97,7 +98,7 @@ class PaiNN(Potential):
                     **{k: v for k, v in options.items() if v != self._OPTIONS[k]})
 
     def atomic_outputs(self, species, edge_index, edge_vectors):
-        both_ways = edge_index.shape[1] >= PAIRWISE_MIN_EDGES  # then P edges: one per pair, else all E
+        both_ways = self.pairwise(edge_index.shape[1])  # then P edges: one per pair, else all E
         if both_ways:
             edge_index, edge_vectors = one_edge_per_pair(edge_index, edge_vectors)
         i, j = edge_index

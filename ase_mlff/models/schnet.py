@@ -60,6 +60,7 @@ class SchNet(Potential):
     """
 
     architecture = "schnet"
+    pairwise_min_edges = PAIRWISE_MIN_EDGES
     #: options added after the first five, with the defaults that give the original network
     _OPTIONS = dict(n_filters=None, activation="ssp", rbf="gaussian", rbf_width=None,
                     readout_hidden=None, readout_activation="ssp")
@@ -94,7 +95,7 @@ class SchNet(Potential):
                     **{k: v for k, v in options.items() if v != self._OPTIONS[k]})
 
     def atomic_outputs(self, species, edge_index, edge_vectors):
-        both_ways = edge_index.shape[1] >= PAIRWISE_MIN_EDGES  # then P edges: one per pair, else all E
+        both_ways = self.pairwise(edge_index.shape[1])  # then P edges: one per pair, else all E
         if both_ways:
             edge_index, edge_vectors = one_edge_per_pair(edge_index, edge_vectors)
         i, j = edge_index
