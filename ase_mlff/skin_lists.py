@@ -56,6 +56,10 @@ import torch
 from .batch import Batch
 from .neighbors import NeighborList, Neighbors, shift_codes, shift_table
 
+#: lists of at most this many edges are filtered by measuring every edge (``_measure_all``): one
+#: ethanol's filter took 67 µs through the bounds and 15 µs so (one thread)
+MEASURE_ALL_EDGES = 2048
+
 
 class BatchedNeighbors:
     """Per-system Verlet-skin lists of a batch (exact by construction, module doc).
@@ -121,7 +125,7 @@ class BatchedNeighbors:
                 # one reduction over all atoms decides: no atom moved skin/2, no list is stale (the
                 # one host sync of a call; NaN counts as moved)
                 due = not bool(moved.amax() <= (0.5 * self.skin) ** 2)
-                if due or self._needs_filter:
+                if due or (self._needs_filter and not self._measure_all()):
                     bounds = (self._largest(moved, batch), None, None)
             if due:
                 # with them, the systems past half their allowance: one search now instead of
@@ -133,7 +137,8 @@ class BatchedNeighbors:
                           None if squeeze is None else torch.where(stale, 1.0, squeeze))
         if not self._needs_filter:
             return Neighbors(self.edge_index, self.shifts, self.periodic, self._reach)
-        inside = self._inside(batch, bounds)
+        inside = (_squared_norms(self._vectors(batch)) < self.cutoff ** 2 if self._measure_all()
+                  else self._inside(batch, bounds))
         if self._last is not None and torch.equal(inside, self._last[0]):
             return self._last[1]  # the same pairs as the previous call
         kept = torch.nonzero(inside).squeeze(1)
@@ -141,6 +146,11 @@ class BatchedNeighbors:
                               self._reach)
         self._last = (inside, neighbors)
         return neighbors
+
+    def _measure_all(self) -> bool:
+        """Whether the filter measures every stored edge: for a short list (a molecule, a few small
+        cells) that is cheaper than the bounds that pick out the few that need it."""
+        return self.edge_index.shape[1] <= MEASURE_ALL_EDGES
 
     def _inside(self, batch, bounds) -> torch.Tensor:
         """[E] bool, the stored edges now shorter than the cutoff.

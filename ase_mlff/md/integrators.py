@@ -11,13 +11,14 @@ extended Hamiltonian (Nosé-Hoover chain) is conserved by the exact dynamics;
 its drift measures the integration error as the total energy does in NVE.
 
 Velocity Verlet (Swope et al., J. Chem. Phys. 76, 637 (1982)), in ASE's
-operation order so that a single system repeats ``ase.md.verlet.VelocityVerlet``:
+operation order (with fused operations, equal to rounding) so that a single
+system repeats ``ase.md.verlet.VelocityVerlet``:
 
 ======================================  ====================================
 equation                                code (``velocity_verlet``)
 ======================================  ====================================
-p ← p + (dt/2) F(r)                     ``p = p + 0.5 * dt * F``
-r ← r + dt p / m                        ``r = r + dt * p / m``
+p ← p + (dt/2) F(r)                     ``torch.add(p, F, alpha=0.5 * dt)``
+r ← r + dt p / m                        ``torch.addcdiv(r, p, m, value=dt)``
 p ← p + (dt/2) F(r)                     after ``force_field(state)``
 ======================================  ====================================
 
@@ -97,12 +98,12 @@ def _atoms(values: torch.Tensor, state: MDState) -> torch.Tensor:
 
 
 def velocity_verlet(state: MDState, force_field, dt: float) -> None:
-    m = state.masses.unsqueeze(1)
-    p = state.momenta + 0.5 * dt * state.forces
-    state.positions = state.positions + dt * p / m
+    # fused (one operation per line: for a molecule each costs as much as its arithmetic)
+    p = torch.add(state.momenta, state.forces, alpha=0.5 * dt)
+    state.positions = torch.addcdiv(state.positions, p, state.masses.unsqueeze(1), value=dt)
     state.momenta = p
     force_field(state)
-    state.momenta = state.momenta + 0.5 * dt * state.forces
+    state.momenta = torch.add(state.momenta, state.forces, alpha=0.5 * dt)
     state.step += 1
 
 

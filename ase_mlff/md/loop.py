@@ -42,12 +42,26 @@ class Simulation:
         self.messages: dict[int, str] = {}
         self.stop_signal: str | None = None
         self.compile_s: float | None = None  # seconds torch.compile took at the start, if it ran
+        self._energies: list[tuple[int, torch.Tensor]] = []  # (step, [B] energy) since the last fold
         n_atoms = int(state.n_atoms.sum())
         self.progress = Progress(settings.steps, state.step, n_atoms) if progress else None
 
     # -- checks ------------------------------------------------------------------
+    def _fold_nonfinite(self) -> None:
+        """Note in ``first_nonfinite_step`` the first step since the last fold whose energy was not finite."""
+        if not self._energies:
+            return
+        steps, energies = zip(*self._energies)
+        self._energies.clear()
+        bad = ~torch.isfinite(torch.stack(energies))  # [k, B]
+        th = self.state.thermostat
+        at = torch.tensor(steps, device=bad.device)[bad.long().argmax(0)]  # [B], the first bad row's step
+        first = th["first_nonfinite_step"]
+        th["first_nonfinite_step"] = torch.where((first < 0) & bad.any(0), at, first)
+
     def _blowup_codes(self) -> torch.Tensor:
         """[B] int: 0 fine, else a key of _REASONS."""
+        self._fold_nonfinite()
         s = self.state
         codes = torch.zeros(s.n_systems, dtype=torch.long, device=s.device)
         bad_forces = torch.zeros(s.n_systems, dtype=torch.long, device=s.device).index_add_(
@@ -133,6 +147,7 @@ class Simulation:
 
     # -- the loop ------------------------------------------------------------------
     def checkpoint(self) -> dict:
+        self._fold_nonfinite()
         s = self.state
         state = {"step": s.step, "systems": s.system_id.cpu().numpy(), "positions": s.positions.cpu().numpy(),
                  "momenta": s.momenta.cpu().numpy(),
@@ -175,11 +190,9 @@ class Simulation:
         while self.state.step < steps:
             self.integrator(self.state, self.force_field)
             step = self.state.step
-            # the step the energy first went non-finite, kept on the device (3 small ops) so that
-            # checks every CHECK_INTERVAL steps still name it
-            first = self.state.thermostat["first_nonfinite_step"]
-            self.state.thermostat["first_nonfinite_step"] = torch.where(
-                (first < 0) & ~torch.isfinite(self.state.energy), step, first)
+            # the energies since the last check, so that a check names the step they first went
+            # non-finite (kept as they are: no operation per step)
+            self._energies.append((step, self.state.energy))
             if step % CHECK_INTERVAL == 0 or step == steps or any(self._due(step)):
                 codes = self._blowup_codes()
                 if bool(codes.any()):
