@@ -14,7 +14,10 @@ package of the same one-graph evaluation (:func:`ase_mlff.compiled._function`):
 The key hashes what the graph depends on: the torch and ase-mlff versions, the
 source of the modules that define the computation, the model's class,
 module tree and hyperparameters, the names, shapes and dtypes of its tensors,
-the kind of call (forces, stress, periodic, dtype) and the device type. A later
+the kind of call (forces, stress, periodic, dtype), the model's size branch,
+the device type and torch's thread count (inductor's CPU kernels are
+generated for the count at their build: a package built with two threads,
+run on one core, was 3× slower than the eager model). A later
 process with the same key loads the package in milliseconds. A new package is
 checked against the eager evaluation on the batch that built it (it was traced
 on two copies of that batch, so at other sizes). Where a model cannot be
@@ -84,7 +87,10 @@ def key(model, kind: tuple, device: torch.device, pairwise: bool | None = None) 
               "class": f"{type(model).__module__}.{type(model).__qualname__}", "modules": repr(model),
               "hyperparameters": json.dumps(hyper, sort_keys=True, default=str),
               "tensors": [(n, list(t.shape), str(t.dtype)) for n, t in zip(names, tensors)],
-              "kind": [str(k) for k in kind], "pairwise": pairwise, "device": device.type}
+              "kind": [str(k) for k in kind], "pairwise": pairwise, "device": device.type,
+              # inductor writes the thread count into the CPU kernels it generates (a package built
+              # with 2 threads ran 3x slower than eager on 1 core): one package per count
+              "threads": torch.get_num_threads() if device.type == "cpu" else None}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
 
 

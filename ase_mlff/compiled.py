@@ -82,7 +82,8 @@ class CompiledModel:
         args = (batch.positions, batch.cell, batch.system, batch.numbers, neighbors.edge_index, neighbors.shifts)
         start = time.perf_counter()  # the first compilation imports the compiler: counted too
         pairwise = self._pairwise(neighbors.edge_index.shape[1])
-        package_key = (*key, pairwise)  # one package per size branch of the model (ase_mlff.aot)
+        # one package per size branch of the model and per thread count (ase_mlff.aot)
+        package_key = (*key, pairwise, torch.get_num_threads())
         if package_key not in self._packages:  # an ahead-of-time package, on the CPU (ase_mlff.aot)
             from . import aot
 
@@ -108,7 +109,12 @@ class CompiledModel:
                                         category=DeprecationWarning)
                 graph = self._graphs[key] = torch.compile(_function(self.model, *key), dynamic=True)
         try:
-            with torch.no_grad(), warnings.catch_warnings():  # torch.func.grad differentiates inside
+            # the pair-wise branch of SchNet and PaiNN selects one edge per pair (a nonzero, whose size
+            # depends on the data): traced as such instead of a graph break that left torch.func.grad,
+            # and the whole evaluation, to run eagerly (slower than the eager path itself)
+            # (no_grad: torch.func.grad differentiates inside)
+            with torch.no_grad(), warnings.catch_warnings(), \
+                    torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
                 # dynamo's tracing reads .grad of non-leaf tensors, which torch warns about
                 warnings.filterwarnings("ignore", message=r"The \.grad attribute of a Tensor that is not a leaf",
                                         category=UserWarning)

@@ -93,6 +93,13 @@ def test_packages_can_be_switched_off_and_keys_follow_what_the_graph_depends_on(
     assert aot.key(a, kind, cpu) == aot.key(b, kind, cpu)  # weights are inputs, not part of the package
     assert aot.key(a, kind, cpu) != aot.key(a, (True, True, True, torch.float32), cpu)
     assert aot.key(a, kind, cpu) != aot.key(make_model("schnet", dtype=torch.float32), kind, cpu)
+    threads = torch.get_num_threads()  # inductor's CPU kernels are generated for a thread count
+    try:
+        torch.set_num_threads(threads + 1)
+        other = aot.key(a, kind, cpu)
+    finally:
+        torch.set_num_threads(threads)
+    assert other != aot.key(a, kind, cpu)
     monkeypatch.delenv("MLFF_COMPILE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere")
     assert aot.cache_dir() == Path("/somewhere/ase-mlff/aoti")
@@ -152,3 +159,18 @@ def test_each_size_branch_of_a_model_gets_its_own_package_traced_on_that_branch(
     assert not fast.evaluator._graphs  # both answered by packages
     kind, cpu = (True, False, False, torch.float32), torch.device("cpu")
     assert aot.key(model, kind, cpu, False) != aot.key(model, kind, cpu, True)
+
+
+def test_torch_compile_traces_the_pair_wise_branch_in_one_graph(monkeypatch):
+    # the once-per-pair selection is a nonzero (its size depends on the data); a graph break there
+    # used to leave torch.func.grad, and so the whole evaluation, to run eagerly (CUDA always takes
+    # this path; the CPU where packages are off)
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("MLFF_COMPILE_CACHE", "off")
+    model = make_model("painn", dtype=torch.float32)
+    model.pairwise_min_edges = 1  # every call pair-wise
+    breaks = sum(counters["graph_break"].values())
+    fast = _compare(model, [ethanol(0), ethanol(1)], tol=2e-4)
+    assert fast.evaluator._graphs and not [p for p in fast.evaluator._packages.values() if p is not None]
+    assert sum(counters["graph_break"].values()) == breaks
