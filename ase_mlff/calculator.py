@@ -244,7 +244,8 @@ class MLFFCalculator(Calculator):
         batch = atoms_to_batch(structures, dtype=torch.float64, device=self.device)
         self.model.check_numbers(torch.unique(batch.numbers).tolist())
         if self.device.type == "cpu":  # size-aware default: see ase_mlff.threads
-            self.num_threads = set_threads(self._requested_threads, n_atoms=batch.positions.shape[0])
+            self.num_threads = set_threads(self._requested_threads, n_atoms=batch.positions.shape[0],
+                                           compiled=self.compile)
         return batch
 
     def _batch_for(self, atoms: Atoms, system_changes) -> Batch:

@@ -384,3 +384,16 @@ def test_variable_cell_relaxation_follows_ase_lennard_jones():
     assert np.abs(cell_ase - bulk("Ar", "fcc", a=5.0, cubic=True).cell.array).max() > 0.05  # it moved
     assert energy == pytest.approx(energy_ase, abs=1e-12)  # float64 both sides
     np.testing.assert_allclose(cell, cell_ase, atol=1e-9)
+
+
+def test_compiled_evaluations_keep_one_thread_up_to_their_own_size(monkeypatch):
+    from ase_mlff.threads import COMPILED_SMALL_SYSTEM_ATOMS, SMALL_SYSTEM_ATOMS
+
+    monkeypatch.delenv("MLFF_NUM_THREADS", raising=False)
+    assert SMALL_SYSTEM_ATOMS < COMPILED_SMALL_SYSTEM_ATOMS
+    between = SMALL_SYSTEM_ATOMS  # eager: the cores; compiled: one (inductor's kernels, ase_mlff.threads)
+    assert default_threads(between) == default_threads()
+    assert default_threads(between, compiled=True) == 1
+    assert default_threads(COMPILED_SMALL_SYSTEM_ATOMS, compiled=True) == default_threads()
+    monkeypatch.setenv("MLFF_NUM_THREADS", "2")  # the variable still wins
+    assert default_threads(between, compiled=True) == 2

@@ -110,13 +110,13 @@ def _as_calculator(calculator):
 
 
 def _force_field(calc, compile: bool | None, n_atoms: int, stress: bool = False) -> ForceField:
+    want = bool(getattr(calc, "compile", False)) if compile is None else bool(compile)
     if calc.device.type == "cpu":  # the calculator's size-aware default (see ase_mlff.threads)
         from ..threads import set_threads
 
-        calc.num_threads = set_threads(calc._requested_threads, n_atoms=n_atoms)
+        calc.num_threads = set_threads(calc._requested_threads, n_atoms=n_atoms, compiled=want)
     skin = float(calc.parameters.get("skin", 1.0))
     backend = calc.parameters.get("neighbor_backend", "auto")
-    want = bool(getattr(calc, "compile", False)) if compile is None else bool(compile)
     evaluator = getattr(calc, "evaluator", None) if want and getattr(calc, "compile", False) else None
     return ForceField(calc.model, skin=skin, backend=backend, compile=want, evaluator=evaluator, dtype=calc.dtype,
                       stress=stress)

@@ -183,7 +183,8 @@ def relax(structures: Atoms | Sequence[Atoms], calculator=None, *, fmax: float =
     if calc.device.type == "cpu":  # the calculator's size-aware thread default (see ase_mlff.threads)
         from ..threads import set_threads
 
-        calc.num_threads = set_threads(calc._requested_threads, n_atoms=sum(len(a) for a in structures))
+        calc.num_threads = set_threads(calc._requested_threads, n_atoms=sum(len(a) for a in structures),
+                                       compiled=calc.compile)
     writer = Trajectories(paths, structures) if paths is not None else None
     try:
         run = _Relaxation(structures, calc, fixed, cell, float(pressure_bar) * ase_units.bar, exp_cell_factor,
