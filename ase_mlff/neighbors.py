@@ -100,6 +100,10 @@ class Neighbors:
     periodic: bool
     #: a bound on |S| component-wise (the largest, from the builders), or None: see :func:`shift_vectors`
     reach: int | None = None
+    #: [E] each edge's row of :func:`shift_table` with this ``reach`` (:func:`shift_codes`), kept by
+    #: whoever holds the list between calls (the skin lists) for the batch it was built for; None:
+    #: computed per call
+    shift_code: torch.Tensor | None = None
 
     @property
     def n_edges(self) -> int:
@@ -118,6 +122,8 @@ def edge_vectors(
     # index_select, not advanced indexing: the same values at half the cost on the CPU
     vectors = positions.index_select(0, j) - positions.index_select(0, i)
     if neighbors.periodic:
+        if neighbors.shift_code is not None and neighbors.reach is not None:
+            return vectors + shift_table(cell, neighbors.reach).index_select(0, neighbors.shift_code)
         vectors = vectors + shift_vectors(cell, system.index_select(0, i), neighbors.shifts, neighbors.reach)
     return vectors
 

@@ -136,14 +136,15 @@ class BatchedNeighbors:
                 bounds = (torch.where(stale, 0.0, moved), None if stretch is None else torch.where(stale, 1.0, stretch),
                           None if squeeze is None else torch.where(stale, 1.0, squeeze))
         if not self._needs_filter:
-            return Neighbors(self.edge_index, self.shifts, self.periodic, self._reach)
+            return Neighbors(self.edge_index, self.shifts, self.periodic, self._reach,
+                             self._code if self.periodic else None)
         inside = (_squared_norms(self._vectors(batch)) < self.cutoff ** 2 if self._measure_all()
                   else self._inside(batch, bounds))
         if self._last is not None and torch.equal(inside, self._last[0]):
             return self._last[1]  # the same pairs as the previous call
         kept = torch.nonzero(inside).squeeze(1)
         neighbors = Neighbors(self.edge_index.index_select(1, kept), self.shifts.index_select(0, kept), self.periodic,
-                              self._reach)
+                              self._reach, self._code.index_select(0, kept) if self.periodic else None)
         self._last = (inside, neighbors)
         return neighbors
 

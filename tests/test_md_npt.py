@@ -292,7 +292,7 @@ def test_cell_limits_volume_window_and_flattening():
     flatten = torch.diag(torch.tensor([0.45, 1 / 0.45 ** 0.5, 1 / 0.45 ** 0.5], dtype=torch.float64))
     state.cell = torch.stack([state.cell[0], state.cell[1] * 2.05, state.cell[2] @ flatten, state.cell[3] * 0.49])
     sim = Simulation.__new__(Simulation)
-    sim.state = state
+    sim.state, sim._energies = state, []
     sim.force_field = ForceField(LennardJones(["Ar"]))  # no list built yet: no contact check
     assert sim._blowup_codes().tolist() == [0, 6, 7, 6]
 
