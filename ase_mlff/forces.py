@@ -19,6 +19,8 @@ batch's dtype.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -82,8 +84,27 @@ def energy(model, positions: torch.Tensor, cell: torch.Tensor, strain: torch.Ten
     return torch.zeros_like(cell[:, 0, 0], dtype=energies.dtype).index_add_(0, system, energies), energies
 
 
+def piece_edges(model: torch.nn.Module, device: torch.device) -> int:
+    """Edges per piece in which ``model`` evaluates a large batch on ``device``; 0: all at once.
+
+    On the CPU, a network's ``piece_edges_per_thread`` × torch's threads: its per-edge features
+    then stay in the core's cache between the layers that read them. Measured on a 2-core Intel
+    Xeon, bundled PaiNN (64 features), forward + backward of 512 ethanols (36,864 edges): eager,
+    one thread, 452 ms in one call against 343 ms in pieces of 16-32 molecules (1,150-2,300
+    edges); two threads 328 against 263 ms in pieces of 64 (4,600 edges); compiled, one thread,
+    286 against 100 ms. Lennard-Jones, with three numbers per edge, is slower in pieces (64 Mo
+    cells, 184k edges: 18 ms whole, 47 ms in pieces of 2,048) and is never split; nor is
+    anything on a GPU, which wants the whole batch at once.
+    """
+    per_thread = getattr(getattr(model, "model", model), "piece_edges_per_thread", None)  # through a CompiledModel
+    if device.type != "cpu" or not per_thread:
+        return 0
+    return int(per_thread) * torch.get_num_threads()
+
+
 def compute(model: torch.nn.Module, batch: Batch, neighbors: Neighbors, *, forces: bool = True,
-            stress: bool = False, training: bool = False, dtype: torch.dtype | None = None) -> Output:
+            stress: bool = False, training: bool = False, dtype: torch.dtype | None = None,
+            piece_size: int | None = None) -> Output:
     """Evaluate ``model`` on ``batch``.
 
     Args:
@@ -93,11 +114,20 @@ def compute(model: torch.nn.Module, batch: Batch, neighbors: Neighbors, *, force
             back-propagated into the weights.
         dtype: of the edge vectors the model is given; None: :func:`model_dtype`
             (or the batch's dtype for a model without weights or buffers).
+        piece_size: edges per piece of whole systems in which a large batch is
+            evaluated (:func:`pieces`); None: :func:`piece_edges` of the batch's
+            device; 0: the whole batch in one evaluation. Never when training.
 
     A :class:`~ase_mlff.compiled.CompiledModel` evaluates energy and derivatives in one
     compiled graph (``fused``), except when training.
     """
     dtype = dtype or model_dtype(model) or batch.positions.dtype
+    if not training and batch.n_systems > 1:
+        size = piece_edges(model, batch.positions.device) if piece_size is None else piece_size
+        parts = pieces(batch, neighbors, size) if size > 0 and neighbors.n_edges >= 2 * size else None
+        if parts is not None:
+            return concatenate([compute(model, b, n, forces=forces, stress=stress, dtype=dtype, piece_size=0)
+                                for b, n in parts])
     fused = getattr(model, "fused", None)
     if fused is not None and not training:
         return fused(batch, neighbors, forces=forces, stress=stress, dtype=dtype)
@@ -119,6 +149,63 @@ def compute(model: torch.nn.Module, batch: Batch, neighbors: Neighbors, *, force
         grads = [None] * len(inputs)
     grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
     return output(batch, total, energies, grads[0] if forces else None, grads[-1] if stress else None)
+
+
+def pieces(batch: Batch, neighbors: Neighbors, size: int) -> list[tuple[Batch, Neighbors]] | None:
+    """``batch`` cut into consecutive runs of whole systems of about ``size`` edges each.
+
+    Each piece takes systems until it holds at least E/⌈E/size⌉ edges (a share); what is left
+    at the end becomes a piece if it holds half a share, else joins the last piece, so no piece
+    holds fewer than a quarter of ``size`` edges. Each piece's atoms, edges and shift-table rows
+    are renumbered from zero; its results, concatenated in order, are those of the whole batch.
+    None when the batch does not split (one system holds nearly all edges).
+    """
+    n_edges, n_systems = neighbors.n_edges, batch.n_systems
+    edge_system = batch.system.index_select(0, neighbors.edge_index[0])
+    order = None
+    if n_edges > 1 and bool((edge_system[1:] < edge_system[:-1]).any()):  # builders need not group them
+        order = torch.argsort(edge_system, stable=True)
+        edge_system = edge_system.index_select(0, order)
+    per_system = torch.bincount(edge_system, minlength=n_systems).tolist()
+    share = n_edges / math.ceil(n_edges / size)
+    cuts, edges = [0], 0
+    for b, count in enumerate(per_system):
+        edges += count
+        if edges >= share:  # a piece ends after the system that fills its share
+            cuts.append(b + 1)
+            edges = 0
+    if cuts[-1] != n_systems:  # what is left: a piece of its own, or part of the last one if small
+        if edges >= share / 2 or len(cuts) == 1:
+            cuts.append(n_systems)
+        else:
+            cuts[-1] = n_systems
+    if len(cuts) < 3:
+        return None
+    atom_offsets = [0, *torch.cumsum(batch.n_atoms, 0).tolist()]
+    edge_offsets = [0, *torch.tensor(per_system).cumsum(0).tolist()]
+    edge_index, shifts, code = neighbors.edge_index, neighbors.shifts, neighbors.shift_code
+    if order is not None:
+        edge_index, shifts = edge_index.index_select(1, order), shifts.index_select(0, order)
+        code = None if code is None else code.index_select(0, order)
+    rows = None if neighbors.reach is None else (2 * neighbors.reach + 1) ** 3  # shift-table rows per system
+    parts = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        (pa, pb), (ea, eb) = (atom_offsets[a], atom_offsets[b]), (edge_offsets[a], edge_offsets[b])
+        sub = Batch(positions=batch.positions[pa:pb], numbers=batch.numbers[pa:pb], cell=batch.cell[a:b],
+                    pbc=batch.pbc[a:b], system=batch.system[pa:pb] - a, n_atoms=batch.n_atoms[a:b])
+        sub_code = None if code is None or rows is None else code[ea:eb] - a * rows
+        parts.append((sub, dataclasses.replace(neighbors, edge_index=edge_index[:, ea:eb] - pa,
+                                                shifts=shifts[ea:eb], shift_code=sub_code)))
+    return parts
+
+
+def concatenate(outputs: list[Output]) -> Output:
+    """One :class:`Output` from those of consecutive pieces of a batch."""
+    def cat(name):
+        values = [getattr(o, name) for o in outputs]
+        return None if values[0] is None else torch.cat(values)
+
+    return Output(cat("energy"), cat("energies"), cat("forces"), cat("stress"))
 
 
 def output(batch: Batch, total: torch.Tensor, energies: torch.Tensor, d_positions: torch.Tensor | None,

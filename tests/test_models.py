@@ -10,6 +10,7 @@ Lennard-Jones and ``ase.calculators.lj.LennardJones``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from conftest import ARCHITECTURES, EPS32, EPS64, ethanol, make_model, molybdenu
 
 from ase_mlff import MLFFCalculator
 from ase_mlff.batch import atoms_to_batch
-from ase_mlff.forces import compute
+from ase_mlff.forces import compute, energy
 from ase_mlff.models import LennardJones, PaiNN, SchNet, get_architecture
 from ase_mlff.models.base import species_to_numbers
 from ase_mlff.neighbors import neighbor_list
@@ -215,6 +216,66 @@ def test_two_far_apart_molecules_add_up(architecture):
     np.testing.assert_allclose(both["forces"], np.concatenate([one["forces"], two["forces"]]), atol=1e-12)
     np.testing.assert_allclose(both["energies"], np.concatenate([one["energies"], two["energies"]]),
                                atol=1e-12)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("edges", ["as built", "shuffled", "with shift codes"])
+def test_a_batch_evaluated_in_pieces_equals_the_whole_batch(architecture, edges, monkeypatch):
+    from ase_mlff import forces as forces_module
+    from ase_mlff.neighbors import shift_codes
+
+    species = ("H", "C", "O", "Si", "Mo")
+    model = make_model(architecture, species, cutoff=4.0)
+    # 72-254 edges each (and none for the lone H): a few systems per piece
+    open_and_periodic = [ethanol(0), rattled(molybdenum(0), 1), silicon(2), Atoms("H", positions=[[0, 0, 0]]),
+                         ethanol(1), molybdenum(4), ethanol(2), silicon(1), rattled(ethanol(0), 3), molybdenum(3)]
+    periodic = [rattled(molybdenum(0), 1), silicon(2), molybdenum(3), silicon(1), molybdenum(4),
+                rattled(silicon(2), 2), molybdenum(0)]
+    for structures, stress in [(open_and_periodic, False), (periodic, True)]:
+        batch = atoms_to_batch(structures)
+        neighbors = neighbor_list(batch, model.cutoff)
+        if edges == "shuffled":  # builders need not group edges by system
+            order = torch.randperm(neighbors.n_edges, generator=torch.Generator().manual_seed(0))
+            neighbors = dataclasses.replace(neighbors, edge_index=neighbors.edge_index[:, order],
+                                            shifts=neighbors.shifts[order])
+        elif edges == "with shift codes" and neighbors.periodic:  # as the skin lists hand them over
+            reach = int(neighbors.shifts.abs().max())
+            code = shift_codes(batch.system[neighbors.edge_index[0]], neighbors.shifts, reach)
+            neighbors = dataclasses.replace(neighbors, reach=reach, shift_code=code)
+        whole = compute(model, batch, neighbors, stress=stress, piece_size=0)
+        size = neighbors.n_edges // 4
+        parts = forces_module.pieces(batch, neighbors, size)
+        assert len(parts) >= 3 and sum(n.n_edges for _, n in parts) == neighbors.n_edges
+        # balanced: no piece far below the share (a piece ends at a system's end)
+        assert min(n.n_edges for _, n in parts) >= size / 4
+        calls = []
+        monkeypatch.setattr(forces_module, "energy", lambda *a, calls=calls: calls.append(1) or energy(*a))
+        pieced = compute(model, batch, neighbors, stress=stress, piece_size=size)
+        assert len(calls) == len(parts)
+        monkeypatch.undo()
+        for name in ("energy", "energies", "forces") + (("stress",) if stress else ()):
+            torch.testing.assert_close(getattr(pieced, name), getattr(whole, name), rtol=0, atol=1e-10)
+
+
+def test_network_batches_are_split_by_default_on_the_cpu_only(monkeypatch):
+    from ase_mlff import forces as forces_module
+
+    model = make_model("painn", cutoff=4.0)
+    structures = [rattled(ethanol(k % 3), k) for k in range(8)]
+    batch = atoms_to_batch(structures)
+    neighbors = neighbor_list(batch, model.cutoff)
+    monkeypatch.setattr(type(model), "piece_edges_per_thread", neighbors.n_edges // 8)
+    calls = []
+    monkeypatch.setattr(forces_module, "energy", lambda *a: calls.append(1) or energy(*a))
+    compute(model, batch, neighbors)
+    assert len(calls) > 1  # split at the default size (×threads) on the CPU
+    calls.clear()
+    compute(model, batch, neighbors, training=True)  # one graph for the loss
+    assert len(calls) == 1
+    assert forces_module.piece_edges(model, torch.device("cuda")) == 0
+    monkeypatch.undo()
+    assert forces_module.piece_edges(make_model("lennard_jones"), torch.device("cpu")) == 0
+    assert forces_module.piece_edges(PaiNN(["H"]), torch.device("cpu")) == 2048 * torch.get_num_threads()
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

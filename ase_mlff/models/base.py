@@ -67,6 +67,10 @@ class Potential(nn.Module):
     #: edge count from which :meth:`atomic_outputs` evaluates its filters once per pair instead of once
     #: per directed edge (None: the model has no such size-dependent branch); see :meth:`pairwise`
     pairwise_min_edges: int | None = None
+    #: on the CPU, edges per torch thread in each piece of whole systems that a large batch is
+    #: evaluated in (:func:`ase_mlff.forces.pieces`), so that per-edge features stay in cache; None:
+    #: the whole batch at once (a model with little per-edge state, such as Lennard-Jones)
+    piece_edges_per_thread: int | None = None
     _pinned_pairwise: bool | None = None  # the branch fixed while a graph is traced (:meth:`pinned`)
 
     def __init__(self, species: Sequence[str | int], cutoff: float):

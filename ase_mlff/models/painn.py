@@ -39,6 +39,9 @@ from .layers import cosine_cutoff, get_activation, mlp, one_edge_per_pair, radia
 #: edges from which filters are evaluated once per pair and sent both ways (as SchNet's;
 #: measured crossover: module doc)
 PAIRWISE_MIN_EDGES = 1024
+#: a large CPU batch is evaluated in pieces of about this many edges per thread (measured:
+#: ase_mlff.forces.pieces); at least 2 × PAIRWISE_MIN_EDGES, so that every piece stays pair-wise
+PIECE_EDGES_PER_THREAD = 2048
 
 
 class _Block(nn.Module):
@@ -68,6 +71,7 @@ class PaiNN(Potential):
 
     architecture = "painn"
     pairwise_min_edges = PAIRWISE_MIN_EDGES
+    piece_edges_per_thread = PIECE_EDGES_PER_THREAD
     #: options added after the first five, with the defaults that give the original network
     _OPTIONS = dict(activation="silu", rbf="bessel", rbf_width=None, readout_hidden=None,
                     readout_activation="silu", epsilon=1e-8)

@@ -33,6 +33,8 @@ from .layers import cosine_cutoff, get_activation, mlp, one_edge_per_pair, radia
 
 #: edges from which filters are evaluated once per pair (measured crossover: module doc)
 PAIRWISE_MIN_EDGES = 1024
+#: a large CPU batch is evaluated in pieces of about this many edges per thread (see PaiNN's)
+PIECE_EDGES_PER_THREAD = 2048
 
 
 class _Interaction(nn.Module):
@@ -61,6 +63,7 @@ class SchNet(Potential):
 
     architecture = "schnet"
     pairwise_min_edges = PAIRWISE_MIN_EDGES
+    piece_edges_per_thread = PIECE_EDGES_PER_THREAD
     #: options added after the first five, with the defaults that give the original network
     _OPTIONS = dict(n_filters=None, activation="ssp", rbf="gaussian", rbf_width=None,
                     readout_hidden=None, readout_activation="ssp")
