@@ -14,7 +14,7 @@ package of the same one-graph evaluation (:func:`ase_mlff.compiled._function`):
 The key hashes what the graph depends on: the torch and ase-mlff versions, the
 source of the modules that define the computation, the model's class,
 module tree and hyperparameters, the names, shapes and dtypes of its tensors,
-the kind of call (forces, stress, periodic, dtype), the model's size branch,
+the kind of call (forces, stress, periodic, dtype, half list), the model's size branch,
 the device type and torch's thread count (inductor's CPU kernels are
 generated for the count at their build: a package built with two threads,
 run on one core, was 3× slower than the eager model). A later
@@ -204,8 +204,8 @@ def _build(model, kind: tuple, args: tuple, names: list[str], tensors: list[torc
 
     from .compiled import _function
 
-    def network(numbers, edge_index, vectors):
-        return torch.func.functional_call(model, dict(zip(names, state)), (numbers, edge_index, vectors))
+    def network(numbers, edge_index, vectors, **half):
+        return torch.func.functional_call(model, dict(zip(names, state)), (numbers, edge_index, vectors), half)
 
     def evaluate(state_, *inputs):
         nonlocal state

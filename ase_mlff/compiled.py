@@ -31,11 +31,11 @@ from .forces import Output, energy, output
 from .neighbors import Neighbors
 
 
-def _function(model, forces: bool, stress: bool, periodic: bool, dtype: torch.dtype):
+def _function(model, forces: bool, stress: bool, periodic: bool, dtype: torch.dtype, half: bool = False):
     """(positions, cell, system, numbers, edge_index, shifts) -> (E, E_i, ∂E/∂r or None, ∂E/∂ε or None)."""
 
     def evaluate(positions, cell, system, numbers, edge_index, shifts):
-        neighbors = Neighbors(edge_index, shifts, periodic)
+        neighbors = Neighbors(edge_index, shifts, periodic, half=half)
 
         def total(r, strain):  # the scalar torch.func differentiates, with E and E_i alongside
             e, e_i = energy(model, r, cell, strain, system, numbers, neighbors, dtype)
@@ -74,11 +74,11 @@ class CompiledModel:
         """Whether the first compilation has happened (or failed): later calls are fast."""
         return self.seconds is not None or self.failed is not None
 
-    def __call__(self, *args):
-        return self.model(*args)
+    def __call__(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
 
     def fused(self, batch, neighbors: Neighbors, *, forces: bool, stress: bool, dtype: torch.dtype) -> Output:
-        key = (bool(forces), bool(stress), bool(neighbors.periodic), dtype)
+        key = (bool(forces), bool(stress), bool(neighbors.periodic), dtype, bool(neighbors.half))
         args = (batch.positions, batch.cell, batch.system, batch.numbers, neighbors.edge_index, neighbors.shifts)
         start = time.perf_counter()  # the first compilation imports the compiler: counted too
         pairwise = self._pairwise(neighbors.edge_index.shape[1])

@@ -80,7 +80,8 @@ def energy(model, positions: torch.Tensor, cell: torch.Tensor, strain: torch.Ten
         cell = cell + torch.bmm(cell, symmetric)
     vectors = edge_vectors(positions, cell, system, neighbors)  # [E, 3], Å, batch dtype
     # rounded only now, after the large coordinates have cancelled in r_j − r_i
-    energies = model(numbers, neighbors.edge_index, vectors.to(dtype))  # [N], eV
+    half = {"half": True} if neighbors.half else {}  # only models with half_lists get half lists
+    energies = model(numbers, neighbors.edge_index, vectors.to(dtype), **half)  # [N], eV
     return torch.zeros_like(cell[:, 0, 0], dtype=energies.dtype).index_add_(0, system, energies), energies
 
 

@@ -45,6 +45,7 @@ pair appears in both directions. Distances are strictly below the cutoff.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
 from dataclasses import dataclass
 from itertools import product
@@ -90,9 +91,14 @@ class Neighbors:
     """Edges of a batch.
 
     Attributes:
-        edge_index: [2, n_edges] int64, (center i, neighbor j), both directions.
+        edge_index: [2, n_edges] int64, (center i, neighbor j), both directions
+            (one, with ``half``).
         shifts: [n_edges, 3] int64, cell shift S of j relative to i.
         periodic: whether any shift can be non-zero (False for open molecules).
+        half: the list holds each pair once, the edge :func:`one_per_pair` keeps, instead of
+            both directions: only for models that say they take it (``Potential.half_lists``;
+            a pair potential evaluates each pair once anyway, and a half list halves the edge
+            vectors and the skin lists' filtering). Only the skin lists build them.
     """
 
     edge_index: torch.Tensor
@@ -104,10 +110,37 @@ class Neighbors:
     #: whoever holds the list between calls (the skin lists) for the batch it was built for; None:
     #: computed per call
     shift_code: torch.Tensor | None = None
+    half: bool = False
 
     @property
     def n_edges(self) -> int:
         return self.edge_index.shape[1]
+
+
+def one_per_pair(edge_index: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Mask [E] keeping one edge of every pair (i, j, S) / (j, i, −S) of a full list: i < j, and for
+    an atom's own periodic images (i = j) the shift whose first non-zero component is positive.
+
+    Decided by indices and integer shifts, not by the geometry, so the same edge stays kept
+    while atoms move and cells deform.
+    """
+    i, j = edge_index
+    x, y, z = shifts.unbind(1)
+    positive = torch.where(x != 0, x > 0, torch.where(y != 0, y > 0, z > 0))
+    return (i < j) | ((i == j) & positive)
+
+
+def takes_half_lists(model) -> bool:
+    """Whether ``model`` (or the model inside a compiled one) evaluates half lists (``Neighbors.half``):
+    its class says so (``half_lists``) and its ``forward`` takes ``half`` (a subclass that overrides
+    ``forward(numbers, edge_index, edge_vectors)`` gets full lists, as before half lists existed)."""
+    model = getattr(model, "model", model)
+    if not getattr(model, "half_lists", False):
+        return False
+    try:
+        return "half" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # a forward without a signature to read
+        return False
 
 
 def edge_vectors(

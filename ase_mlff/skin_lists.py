@@ -54,7 +54,7 @@ from __future__ import annotations
 import torch
 
 from .batch import Batch
-from .neighbors import NeighborList, Neighbors, shift_codes, shift_table
+from .neighbors import NeighborList, Neighbors, one_per_pair, shift_codes, shift_table
 
 #: lists of at most this many edges are filtered by measuring every edge (``_measure_all``): one
 #: ethanol's filter took 67 µs through the bounds and 15 µs so (one thread)
@@ -73,13 +73,17 @@ class BatchedNeighbors:
         backend: neighbor-list backend (see :mod:`ase_mlff.neighbors`).
         deforming: the cells may change between calls (the rule then bounds the cell's
             deformation too; False skips that work and assumes fixed cells).
+        half: keep each pair once (:func:`~ase_mlff.neighbors.one_per_pair`; ``Neighbors.half``),
+            for a model that takes half lists (``takes_half_lists``): half the edges to store,
+            filter and turn into vectors.
     """
 
-    def __init__(self, cutoff: float, skin: float = 1.0, backend: str = "auto", deforming: bool = False):
+    def __init__(self, cutoff: float, skin: float = 1.0, backend: str = "auto", deforming: bool = False,
+                 half: bool = False):
         if not skin >= 0:
             raise ValueError(f"skin must be >= 0 Å, got {skin}")
         self.cutoff, self.skin = float(cutoff), float(skin)
-        self.deforming = bool(deforming)
+        self.deforming, self.half = bool(deforming), bool(half)
         self.wide = NeighborList(self.cutoff + self.skin, backend)
         self.rebuilds = 0
         self.reset()
@@ -137,14 +141,15 @@ class BatchedNeighbors:
                           None if squeeze is None else torch.where(stale, 1.0, squeeze))
         if not self._needs_filter:
             return Neighbors(self.edge_index, self.shifts, self.periodic, self._reach,
-                             self._code if self.periodic else None)
+                             self._code if self.periodic else None, self.half)
         inside = (_squared_norms(self._vectors(batch)) < self.cutoff ** 2 if self._measure_all()
                   else self._inside(batch, bounds))
         if self._last is not None and torch.equal(inside, self._last[0]):
             return self._last[1]  # the same pairs as the previous call
         kept = torch.nonzero(inside).squeeze(1)
         neighbors = Neighbors(self.edge_index.index_select(1, kept), self.shifts.index_select(0, kept), self.periodic,
-                              self._reach, self._code.index_select(0, kept) if self.periodic else None)
+                              self._reach, self._code.index_select(0, kept) if self.periodic else None,
+                              self.half)
         self._last = (inside, neighbors)
         return neighbors
 
@@ -255,6 +260,9 @@ class BatchedNeighbors:
                          pbc=batch.pbc[systems], system=remap[system[atoms]], n_atoms=batch.n_atoms[systems])
             built = self.wide(part) if self.skin > 0 else NeighborList(self.cutoff, self.wide.backend)(part)
             new_index, new_shifts = atoms[built.edge_index], built.shifts.to(torch.long)
+            if self.half:
+                kept_half = torch.nonzero(one_per_pair(new_index, new_shifts)).squeeze(1)
+                new_index, new_shifts = new_index.index_select(1, kept_half), new_shifts.index_select(0, kept_half)
             new_reach = built.reach or 0  # the builder measured it (None: open systems, no shifts)
             self.periodic = self.periodic or built.periodic
         if first:

@@ -27,6 +27,10 @@ share the machine's load), each relaxing all structures to ``--fmax``:
   (converged structures still leave the batch), convergence checked every
   5 steps (its default ``steps_between_swaps``).
 
+``--compile`` adds ours and ASE with ``MLFFCalculator(compile=True)`` (the model's
+evaluation compiled, see ``ase_mlff/compiled.py``), each run once before the timed rounds so
+that the compile time stays out of them (printed separately).
+
 Reported: median wall seconds to convergence over rounds, FIRE steps
 (ours and ASE per structure; TorchSim's model calls) and the ratios.
 Before timing, ours and ASE must agree on every structure's steps and final
@@ -73,22 +77,23 @@ def model():
     return LennardJones(["Mo"], epsilon=EPSILON, sigma=SIGMA, cutoff=CUTOFF)
 
 
-def ours(frames, fmax: float, cell: bool):
+def ours(frames, fmax: float, cell: bool, compile: bool = False):
     from ase_mlff import MLFFCalculator
     from ase_mlff.optimize import relax
 
-    results = relax(frames, MLFFCalculator(model(), dtype="float64"), fmax=fmax, cell=cell, steps=MAX_STEPS)
+    calc = MLFFCalculator(model(), dtype="float64", compile=compile)
+    results = relax(frames, calc, fmax=fmax, cell=cell, steps=MAX_STEPS)
     return {"steps": [r.steps for r in results], "energy": [r.energy for r in results],
             "converged": sum(r.converged for r in results)}
 
 
-def ase_sequential(frames, fmax: float, cell: bool):
+def ase_sequential(frames, fmax: float, cell: bool, compile: bool = False):
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
 
     from ase_mlff import MLFFCalculator
 
-    calc = MLFFCalculator(model(), dtype="float64")
+    calc = MLFFCalculator(model(), dtype="float64", compile=compile)
     steps, energy, converged = [], [], 0
     for a in frames:
         a = a.copy()
@@ -162,11 +167,18 @@ def check(mine, theirs, label: str) -> None:
                  f"{theirs['steps'][k]}, energy {mine['energy'][k]:.10f} vs {theirs['energy'][k]:.10f} eV; aborting")
 
 
-def section(mode: str, frames, fmax: float, rounds: int, ts) -> None:
+def section(mode: str, frames, fmax: float, rounds: int, ts, compiled: bool = False) -> None:
     cell = mode == "frechet"
     paths = {"ours": lambda: ours(frames, fmax, cell), "ASE sequential": lambda: ase_sequential(frames, fmax, cell)}
     if ts is not None:
         paths["TorchSim"] = lambda: torchsim(ts, frames, fmax, cell)
+    if compiled:  # built (or loaded from the cache) once before the timed rounds
+        paths["ours, compile=True"] = lambda: ours(frames, fmax, cell, compile=True)
+        paths["ASE sequential, compile=True"] = lambda: ase_sequential(frames, fmax, cell, compile=True)
+        for name in ("ours, compile=True", "ASE sequential, compile=True"):
+            t0 = time.perf_counter()
+            paths[name]()
+            print(f"{name}: first run (compiles) {time.perf_counter() - t0:.1f} s", flush=True)
     times = {name: [] for name in paths}
     outcome = {}
     for _ in range(rounds):
@@ -175,6 +187,8 @@ def section(mode: str, frames, fmax: float, rounds: int, ts) -> None:
             outcome[name] = run()
             times[name].append(time.perf_counter() - t0)
     check(outcome["ours"], outcome["ASE sequential"], mode)
+    if compiled:
+        check(outcome["ours, compile=True"], outcome["ours"], mode + " (compile=True)")
     median = {name: statistics.median(t) for name, t in times.items()}
     n_atoms = sum(len(a) for a in frames)
     steps = outcome["ours"]["steps"]
@@ -194,6 +208,10 @@ def section(mode: str, frames, fmax: float, rounds: int, ts) -> None:
         de = np.abs(np.array(outcome["TorchSim"]["energy"]) - np.array(outcome["ours"]["energy"])).max()
         print(f"\nmax |E_TorchSim − E_ours| over structures: {de:.2e} eV "
               f"(both stop once below fmax, at different steps)")
+    if compiled:
+        c_ours, c_ase = median["ours, compile=True"], median["ASE sequential, compile=True"]
+        print(f"\ncompiled: ASE sequential / ours {c_ase / c_ours:.2f}×; eager ASE sequential / compiled ours "
+              f"{median['ASE sequential'] / c_ours:.2f}×")
     print(f"ours = ASE: every structure the same steps and final energy within 1e-8 eV "
           f"(total {sum(steps)} steps)")
 
@@ -207,6 +225,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--fmax", type=float, default=0.01)
     parser.add_argument("--only", default="fire,frechet", help="fire, frechet or both")
+    parser.add_argument("--compile", action="store_true",
+                        help="also ours and ASE with MLFFCalculator(compile=True), each compiled before timing")
     args = parser.parse_args()
     n, rounds = (16, 1) if args.quick else (args.n, args.rounds)
     torch.set_num_threads(1)
@@ -216,7 +236,7 @@ def main() -> None:
     for mode in [m.strip() for m in args.only.split(",") if m.strip()]:
         if mode not in ("fire", "frechet"):
             parser.error(f"unknown mode {mode!r}; choose fire and/or frechet")
-        section(mode, frames, args.fmax, rounds, ts)
+        section(mode, frames, args.fmax, rounds, ts, args.compile)
 
 
 if __name__ == "__main__":

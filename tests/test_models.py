@@ -278,6 +278,58 @@ def test_network_batches_are_split_by_default_on_the_cpu_only(monkeypatch):
     assert forces_module.piece_edges(PaiNN(["H"]), torch.device("cpu")) == 2048 * torch.get_num_threads()
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_lennard_jones_on_a_half_list_equals_it_on_the_full_list(compiled):
+    """Each pair once (``Neighbors.half``, what the skin lists build for LJ) gives the same energy,
+    per-atom energies, forces and stress as both directions, open and periodic (a 2-atom Mo cell
+    has its atoms' own images within the cutoff), eager and compiled."""
+    from ase_mlff.compiled import compiled as compile_model
+    from ase_mlff.neighbors import one_per_pair
+
+    model = make_model("lennard_jones", ("H", "C", "O", "Mo"), cutoff=4.0)
+    evaluator = compile_model(model) if compiled else model
+    for structures, stress in [([ethanol(0), ethanol(1)], False),
+                               ([molybdenum(0), rattled(molybdenum(3), 1), molybdenum(4)], True)]:
+        batch = atoms_to_batch(structures)
+        full = neighbor_list(batch, model.cutoff)
+        kept = one_per_pair(full.edge_index, full.shifts)
+        half = dataclasses.replace(full, edge_index=full.edge_index[:, kept], shifts=full.shifts[kept], half=True)
+        assert 2 * half.n_edges == full.n_edges
+        want = compute(model, batch, full, stress=stress)
+        got = compute(evaluator, batch, half, stress=stress)
+        for name in ("energy", "energies", "forces") + (("stress",) if stress else ()):
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=0, atol=1e-10)
+    if compiled:
+        assert evaluator.failed is None
+
+
+@pytest.mark.parametrize("architecture", ["schnet", "painn"])
+def test_networks_refuse_a_half_list_and_are_never_given_one(architecture):
+    from ase_mlff.neighbors import takes_half_lists
+
+    model = make_model(architecture)
+    batch = atoms_to_batch([ethanol(0)])
+    half = dataclasses.replace(neighbor_list(batch, model.cutoff), half=True)
+    with pytest.raises(ValueError, match="needs a full neighbor list"):
+        compute(model, batch, half)
+    assert not takes_half_lists(model) and takes_half_lists(make_model("lennard_jones"))
+    calc = MLFFCalculator(model)
+    assert not calc._skin_list.half
+    assert MLFFCalculator(make_model("lennard_jones"))._skin_list.half
+
+    class Counting(LennardJones):  # a subclass written before half lists: full lists, as it expects
+        def forward(self, numbers, edge_index, edge_vectors):
+            return super().forward(numbers, edge_index, edge_vectors)
+
+    counting = Counting(["H", "C", "O"], cutoff=4.0)
+    calc = MLFFCalculator(counting, dtype="float64")
+    assert not takes_half_lists(counting) and not calc._skin_list.half
+    atoms = ethanol(0)
+    atoms.calc = calc
+    assert atoms.get_potential_energy() == pytest.approx(
+        results(attach(ethanol(0), LennardJones(["H", "C", "O"], cutoff=4.0)))["energy"], abs=1e-10)
+
+
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_batch_equals_single_structures(architecture):
     species = ("H", "C", "O", "Si", "Mo")

@@ -114,3 +114,28 @@ def test_pairs_leave_and_enter_as_the_cells_expand_and_shrink_without_a_rebuild(
         np.testing.assert_array_equal(_rows(got.edge_index, got.shifts), _sorted(_rows(want.edge_index, want.shifts)))
         seen.add(want.n_edges)
     assert len(seen) == 7  # every strain moved pairs across the cutoff, or this test proves nothing
+
+
+def test_half_lists_hold_each_pair_of_a_fresh_list_once_while_atoms_move_and_cells_deform():
+    """``half=True``: exactly the edges ``one_per_pair`` keeps of a fresh full list, in canonical order,
+    through reuse and partial rebuilds; the one-atom cell's own images included."""
+    from ase_mlff.neighbors import one_per_pair
+
+    batch = atoms_to_batch(_structures())
+    lists, fresh = BatchedNeighbors(CUTOFF, SKIN, deforming=True, half=True), NeighborList(CUTOFF)
+    rng = np.random.default_rng(2)
+    kept = 0
+    for step in range(15):
+        now = _moved(batch, rng, step)
+        before = lists.rebuilds
+        got = lists(now)
+        kept += lists.rebuilds == before
+        assert got.half
+        want = fresh(now)
+        half = one_per_pair(want.edge_index, want.shifts)
+        assert 0 < int(half.sum()) == want.n_edges // 2  # every pair twice in the full list, once here
+        rows = _rows(got.edge_index, got.shifts)
+        np.testing.assert_array_equal(rows, _sorted(rows))
+        np.testing.assert_array_equal(rows, _sorted(_rows(want.edge_index[:, half], want.shifts[half])))
+    assert 0 < kept < 14
+    assert not BatchedNeighbors(CUTOFF, SKIN)(batch).half  # full lists unless asked

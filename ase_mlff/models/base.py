@@ -71,6 +71,9 @@ class Potential(nn.Module):
     #: evaluated in (:func:`ase_mlff.forces.pieces`), so that per-edge features stay in cache; None:
     #: the whole batch at once (a model with little per-edge state, such as Lennard-Jones)
     piece_edges_per_thread: int | None = None
+    #: :meth:`atomic_outputs` also takes a half list (each pair once, ``half=True``; see
+    #: ``ase_mlff.neighbors.Neighbors.half``): the skin lists then build half lists for it
+    half_lists: bool = False
     _pinned_pairwise: bool | None = None  # the branch fixed while a graph is traced (:meth:`pinned`)
 
     def __init__(self, species: Sequence[str | int], cutoff: float):
@@ -112,9 +115,19 @@ class Potential(nn.Module):
 
     # -- shared ------------------------------------------------------------------
     def forward(self, numbers: torch.Tensor, edge_index: torch.Tensor,
-                edge_vectors: torch.Tensor) -> torch.Tensor:
-        """Per-atom energies [n_atoms] in eV (float64: the reference is added in float64)."""
-        y = self.atomic_outputs(self.species_index[numbers], edge_index, edge_vectors)
+                edge_vectors: torch.Tensor, half: bool = False) -> torch.Tensor:
+        """Per-atom energies [n_atoms] in eV (float64: the reference is added in float64).
+
+        ``half``: the edges hold each pair once (only for a model with ``half_lists``).
+        """
+        species = self.species_index[numbers]
+        if half:
+            if not self.half_lists:
+                raise ValueError(f"this {self.architecture} model needs a full neighbor list (both directions "
+                                 f"of every pair), got a half list; build the list without half=True")
+            y = self.atomic_outputs(species, edge_index, edge_vectors, half=True)
+        else:
+            y = self.atomic_outputs(species, edge_index, edge_vectors)
         return y * self.scale + self.shift + self.element_energy[numbers]
 
     def pairwise(self, n_edges) -> bool:

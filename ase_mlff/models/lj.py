@@ -33,6 +33,7 @@ class LennardJones(Potential):
     """
 
     architecture = "lennard_jones"
+    half_lists = True  # u(r) once per pair: a half list saves finding one edge of each pair
 
     def __init__(self, species: Sequence[str | int] = ("Ar",), epsilon: float = 1.0, sigma: float = 1.0,
                  cutoff: float | None = None, onset: float | None = None, smooth: bool = True):
@@ -47,8 +48,9 @@ class LennardJones(Potential):
         return dict(species=self.species, epsilon=self.epsilon, sigma=self.sigma,
                     cutoff=self.cutoff, onset=self.onset, smooth=self.smooth)
 
-    def atomic_outputs(self, species, edge_index, edge_vectors):
-        edge_index, edge_vectors = one_edge_per_pair(edge_index, edge_vectors)  # u(r) once per pair, half to each atom
+    def atomic_outputs(self, species, edge_index, edge_vectors, half: bool = False):
+        if not half:  # u(r) once per pair, half to each atom
+            edge_index, edge_vectors = one_edge_per_pair(edge_index, edge_vectors)
         x, y, z = edge_vectors.unbind(1)
         r2 = x * x + y * y + z * z  # [P], Å² (square().sum(1) reduces a length-3 axis ~10x slower on CPU)
         c6 = (self.sigma**2 / r2) ** 3

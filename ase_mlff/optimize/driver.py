@@ -36,7 +36,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..batch import Batch, atoms_to_batch
 from ..forces import compute
-from ..neighbors import NeighborList
+from ..neighbors import NeighborList, takes_half_lists
 from .cellfilter import deformation, deformed, filter_forces, largest_row_norm
 from .fire import FireParameters, fire_state, fire_step
 from .neighbors import SkinNeighbors
@@ -227,7 +227,8 @@ class _Relaxation:
         self.want_stress = cell
         backend = calc.parameters.get("neighbor_backend", "auto")
         self.neighbor_list = NeighborList(calc.model.cutoff, backend)
-        self.skin_lists = SkinNeighbors(calc.model.cutoff, float(calc.parameters.get("skin", 1.0)), backend)
+        self.skin_lists = SkinNeighbors(calc.model.cutoff, float(calc.parameters.get("skin", 1.0)), backend,
+                                        half=takes_half_lists(calc.model))
         self.state = fire_state(self.row_system.shape[0], self.b, fire, batch.positions)
         self.energy = batch.cell.new_zeros(self.b)
         self.forces = batch.positions.new_zeros((self.n, 3))

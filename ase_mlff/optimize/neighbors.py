@@ -23,10 +23,11 @@ class SkinNeighbors(BatchedNeighbors):
     Args:
         cutoff: the model's cutoff, Å. skin: Å (0: every system rebuilt on every call).
         backend: neighbor-list backend (see :mod:`ase_mlff.neighbors`).
+        half: each pair once (``BatchedNeighbors``), for a model that takes half lists.
     """
 
-    def __init__(self, cutoff: float, skin: float, backend: str = "auto"):
-        super().__init__(cutoff, skin, backend, deforming=False)
+    def __init__(self, cutoff: float, skin: float, backend: str = "auto", half: bool = False):
+        super().__init__(cutoff, skin, backend, deforming=False, half=half)
         self._active: tuple | None = None  # (key, [B] mask, [A] systems, [n] atoms' system in the sub-batch)
 
     def __call__(self, batch: Batch, reference_positions: torch.Tensor, gradient: torch.Tensor | None,
