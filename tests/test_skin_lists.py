@@ -5,13 +5,16 @@ tested against ASE's), compared pair for pair and, for the order, against a
 lexicographic sort of (i, j, shift).
 """
 
+import dataclasses
+
 import numpy as np
+import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 
 from ase_mlff.batch import atoms_to_batch
-from ase_mlff.neighbors import NeighborList
+from ase_mlff.neighbors import NeighborList, one_per_pair
 from ase_mlff.skin_lists import BatchedNeighbors
 
 CUTOFF, SKIN = 5.0, 1.0
@@ -44,9 +47,12 @@ def _moved(batch, rng, step: int):
     return batch.replace(positions=positions, cell=torch.bmm(batch.cell, deformation))
 
 
-def test_deforming_lists_equal_fresh_lists_in_canonical_order():
+@pytest.mark.parametrize("half", [False, True], ids=["full", "half"])
+def test_deforming_lists_equal_fresh_lists_in_canonical_order(half):
+    """With ``half``: exactly the edges ``one_per_pair`` keeps of a fresh full list, each pair once
+    (the one-atom cell's own images included), through reuse and partial rebuilds."""
     batch = atoms_to_batch(_structures())
-    lists, fresh = BatchedNeighbors(CUTOFF, SKIN, deforming=True), NeighborList(CUTOFF)
+    lists, fresh = BatchedNeighbors(CUTOFF, SKIN, deforming=True, half=half), NeighborList(CUTOFF)
     rng = np.random.default_rng(0)
     kept = 0
     for step in range(15):
@@ -54,8 +60,13 @@ def test_deforming_lists_equal_fresh_lists_in_canonical_order():
         before = lists.rebuilds
         got = lists(now)
         kept += lists.rebuilds == before
+        assert got.half == half
         rows = _rows(got.edge_index, got.shifts)
         want = fresh(now)
+        if half:  # every pair twice in the full list, once in the half list
+            one = one_per_pair(want.edge_index, want.shifts)
+            assert 2 * int(one.sum()) == want.n_edges > 0
+            want = dataclasses.replace(want, edge_index=want.edge_index[:, one], shifts=want.shifts[one])
         np.testing.assert_array_equal(rows, _sorted(rows))  # canonical: sorted by (i, j, shift)
         np.testing.assert_array_equal(rows, _sorted(_rows(want.edge_index, want.shifts)))
         wide = _rows(lists.edge_index, lists.shifts)
@@ -115,27 +126,3 @@ def test_pairs_leave_and_enter_as_the_cells_expand_and_shrink_without_a_rebuild(
         seen.add(want.n_edges)
     assert len(seen) == 7  # every strain moved pairs across the cutoff, or this test proves nothing
 
-
-def test_half_lists_hold_each_pair_of_a_fresh_list_once_while_atoms_move_and_cells_deform():
-    """``half=True``: exactly the edges ``one_per_pair`` keeps of a fresh full list, in canonical order,
-    through reuse and partial rebuilds; the one-atom cell's own images included."""
-    from ase_mlff.neighbors import one_per_pair
-
-    batch = atoms_to_batch(_structures())
-    lists, fresh = BatchedNeighbors(CUTOFF, SKIN, deforming=True, half=True), NeighborList(CUTOFF)
-    rng = np.random.default_rng(2)
-    kept = 0
-    for step in range(15):
-        now = _moved(batch, rng, step)
-        before = lists.rebuilds
-        got = lists(now)
-        kept += lists.rebuilds == before
-        assert got.half
-        want = fresh(now)
-        half = one_per_pair(want.edge_index, want.shifts)
-        assert 0 < int(half.sum()) == want.n_edges // 2  # every pair twice in the full list, once here
-        rows = _rows(got.edge_index, got.shifts)
-        np.testing.assert_array_equal(rows, _sorted(rows))
-        np.testing.assert_array_equal(rows, _sorted(_rows(want.edge_index[:, half], want.shifts[half])))
-    assert 0 < kept < 14
-    assert not BatchedNeighbors(CUTOFF, SKIN)(batch).half  # full lists unless asked
