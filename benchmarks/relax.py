@@ -21,8 +21,9 @@ share the machine's load), each relaxing all structures to ``--fmax``:
   ``MLFFCalculator`` (default skin list), one structure after another;
 * TorchSim 0.3.0: ``torch_sim.optimize`` with ``torch_sim.optimizers.fire`` /
   ``torch_sim.frechet_cell_fire`` (its ASE flavour, ASE's defaults), the same
-  LJ behind TorchSim's ``ModelInterface`` (ase-mlff's neighbor list rebuilt on
-  every call, as TorchSim's own model wrappers do), the force convergence
+  LJ behind TorchSim's ``ModelInterface`` (ase-mlff's full neighbor list rebuilt
+  on every call, as TorchSim's own model wrappers do; ours and ASE's calculator
+  keep skin lists, which hold each pair once for LJ), the force convergence
   function at ``--fmax`` (cell forces included for ``frechet``), no autobatcher
   (converged structures still leave the batch), convergence checked every
   5 steps (its default ``steps_between_swaps``).
