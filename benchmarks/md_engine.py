@@ -67,7 +67,7 @@ TIMESTEP_FS, TEMPERATURE_K = 0.5, 300.0
 PLAN = {
     "ethanol": {"steps": (300, 60), "rounds": (5, 2), "cli_steps": (10_000, 2_000)},
     "replicas": {"steps": {64: (20, 4), 512: (8, 1)}, "single_steps": (100, 30), "rounds": (3, 2)},
-    "water": {"steps": {2: (4, 2), 4: (2, 1)}, "rounds": (3, 1)},
+    "water": {"steps": {2: (8, 2), 4: (4, 1)}, "rounds": (3, 1)},
 }
 
 
