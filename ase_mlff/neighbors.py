@@ -132,14 +132,15 @@ def one_per_pair(edge_index: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor
 
 def takes_half_lists(model) -> bool:
     """Whether ``model`` (or the model inside a compiled one) evaluates half lists (``Neighbors.half``):
-    its class says so (``half_lists``) and its ``forward`` takes ``half`` (a subclass that overrides
-    ``forward(numbers, edge_index, edge_vectors)`` gets full lists, as before half lists existed)."""
+    its class says so (``half_lists``) and its ``forward`` and ``atomic_outputs`` take ``half`` (a
+    subclass that overrides either with the signature of before half lists gets full lists)."""
     model = getattr(model, "model", model)
     if not getattr(model, "half_lists", False):
         return False
     try:
-        return "half" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):  # a forward without a signature to read
+        return all("half" in inspect.signature(getattr(model, name)).parameters
+                   for name in ("forward", "atomic_outputs"))
+    except (AttributeError, TypeError, ValueError):  # no such method, or no signature to read
         return False
 
 

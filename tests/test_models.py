@@ -321,13 +321,17 @@ def test_networks_refuse_a_half_list_and_are_never_given_one(architecture):
         def forward(self, numbers, edge_index, edge_vectors):
             return super().forward(numbers, edge_index, edge_vectors)
 
-    counting = Counting(["H", "C", "O"], cutoff=4.0)
-    calc = MLFFCalculator(counting, dtype="float64")
-    assert not takes_half_lists(counting) and not calc._skin_list.half
-    atoms = ethanol(0)
-    atoms.calc = calc
-    assert atoms.get_potential_energy() == pytest.approx(
-        results(attach(ethanol(0), LennardJones(["H", "C", "O"], cutoff=4.0)))["energy"], abs=1e-10)
+    class Shifted(LennardJones):  # atomic_outputs overridden the same way
+        def atomic_outputs(self, species, edge_index, edge_vectors):
+            return super().atomic_outputs(species, edge_index, edge_vectors)
+
+    want = results(attach(ethanol(0), LennardJones(["H", "C", "O"], cutoff=4.0)))["energy"]
+    for old_style in (Counting(["H", "C", "O"], cutoff=4.0), Shifted(["H", "C", "O"], cutoff=4.0)):
+        calc = MLFFCalculator(old_style, dtype="float64")
+        assert not takes_half_lists(old_style) and not calc._skin_list.half
+        atoms = ethanol(0)
+        atoms.calc = calc
+        assert atoms.get_potential_energy() == pytest.approx(want, abs=1e-10)
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
