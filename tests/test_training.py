@@ -313,6 +313,36 @@ def _train_args(out, *extra):
             "--seed", "1", "--device", "cpu", "--threads", "1", "--ema-decay", "0.5", "-q", *extra]
 
 
+def test_cli_train_stops_after_the_epoch_on_sigterm_and_resumes_from_there(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from ase_mlff.training.trainer import Trainer
+
+    train_epoch, calls = Trainer._train_epoch, []
+
+    def signalled(self):  # SIGTERM arrives during the second epoch, as from a scheduler or `kill`
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return train_epoch(self)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", signalled)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "m.pt"
+    result = CliRunner().invoke(main, _train_args(out, "--epochs", "50"))
+    assert result.exit_code == 0, result.output
+    assert "SIGTERM: stopping after this epoch" in result.output
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    training = read_model_record(out)["metadata"]["training"]
+    assert (training["stopped_because"], training["epochs"]) == ("interrupted", 2)
+    assert "test" in read_model_record(out)["metadata"]["metrics"]  # the final evaluation ran
+    monkeypatch.setattr(Trainer, "_train_epoch", train_epoch)
+    resumed = CliRunner().invoke(main, _train_args(out, "--epochs", "3", "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    assert read_model_record(out)["metadata"]["training"]["epochs"] == 3  # continued from epoch 2
+
+
 def test_cli_train_saves_split_refuses_overwrite_and_resumes(tmp_path):
     runner = CliRunner()
     straight = tmp_path / "straight.pt"

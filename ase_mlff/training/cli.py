@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import tempfile
 import warnings
 from pathlib import Path
@@ -375,7 +377,11 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
                 click.echo(f"resuming after epoch {trainer.epoch} (best epoch {trainer.best_epoch})")
         elif dist.is_main:
             save_split(split, split_path, {"data": str(data), "data_sha256": trainer.data_hash})
-        result = trainer.fit()
+        if dist.active:  # torchrun's ranks keep their own SIGTERM exit (distributed.py)
+            result = trainer.fit()
+        else:
+            with _stop_after_epoch(click.echo) as stop:
+                result = trainer.fit(on_epoch=stop)
     except (ValueError, FileNotFoundError, ImportError) as error:
         raise _fail(error) from None
     from .evaluate import format_table
@@ -385,6 +391,36 @@ def train(data, output, architecture, species, energy_unit, length_unit, energy_
     for name, metrics in result.metrics.items():
         click.echo(format_table(metrics, f"{name} set ({metrics['n_frames']} frames)"))
     click.echo(f"split written to {split_path}, log to {trainer.log_csv}, checkpoint {checkpoint}")
+
+
+@contextlib.contextmanager
+def _stop_after_epoch(echo):
+    """SIGTERM or SIGINT (Ctrl-C) while ``mlff-md train`` runs: finish the epoch, then stop as any
+    stopping rule does (``stopped: interrupted``: final model file and metrics written, the
+    checkpoint at the same epoch, so ``--resume`` continues from there). A second signal acts as
+    it would without this (Ctrl-C twice: stop at once). Signals the caller ignores (a background
+    job's SIGINT) stay ignored. Yields the ``on_epoch`` callback of :meth:`Trainer.fit`.
+    """
+    requested = []
+    previous = {}
+
+    def handler(signum, frame):
+        if requested:  # the second: as before this handler
+            signal.signal(signum, previous[signum])
+            signal.raise_signal(signum)
+            return
+        requested.append(signum)
+        echo(f"{signal.Signals(signum).name}: stopping after this epoch, with the final model written "
+             f"(send it again to stop at once)", err=True)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield lambda epoch, val_loss, metrics: "interrupted" if requested else None
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 def _parent_path(init_from: str) -> Path:
