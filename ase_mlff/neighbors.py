@@ -117,15 +117,17 @@ class Neighbors:
         return self.edge_index.shape[1]
 
 
-def one_per_pair(edge_index: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+def one_per_pair(edge_index: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     """Mask [E] keeping one edge of every pair (i, j, S) / (j, i, −S) of a full list: i < j, and for
-    an atom's own periodic images (i = j) the shift whose first non-zero component is positive.
+    an atom's own periodic images (i = j) the edge whose ``directions`` row [E, 3] has its first
+    non-zero component positive.
 
-    Decided by indices and integer shifts, not by the geometry, so the same edge stays kept
-    while atoms move and cells deform.
+    With the integer shifts as ``directions`` (the skin lists' half lists) the choice depends
+    on indices and shifts only, not on the geometry, so the same edge stays kept while atoms
+    move and cells deform; with the edge vectors it is :func:`ase_mlff.models.layers.half_edges`.
     """
     i, j = edge_index
-    x, y, z = shifts.unbind(1)
+    x, y, z = directions.unbind(1)
     positive = torch.where(x != 0, x > 0, torch.where(y != 0, y > 0, z > 0))
     return (i < j) | ((i == j) & positive)
 

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..neighbors import one_per_pair
+
 
 def cosine_cutoff(distances: torch.Tensor, cutoff: float) -> torch.Tensor:
     """f(r) = ½(cos(πr/r_c) + 1) for r < r_c, else 0 (Behler 2011).
@@ -28,10 +30,7 @@ def half_edges(edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Te
     positive. The two edges of a pair have exactly opposite vectors (r_j − r_i
     + S·cell and r_i − r_j − S·cell round alike), so exactly one is kept.
     """
-    i, j = edge_index
-    x, y, z = edge_vectors.unbind(1)
-    positive = torch.where(x != 0, x > 0, torch.where(y != 0, y > 0, z > 0))
-    return (i < j) | ((i == j) & positive)
+    return one_per_pair(edge_index, edge_vectors)
 
 
 def one_edge_per_pair(edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
