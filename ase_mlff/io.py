@@ -15,6 +15,12 @@ pickled classes, no code from the file is ever run. Layout::
     dtype             dtype the weights were trained in
     package_version   ase-mlff version that wrote the file
     metadata          free-form training metadata (JSON-compatible)
+    repulsion         (version 2, only when set) {"kind": "zbl", "pairs": [[A, B, inner Å, outer Å], ...]}:
+                      the short-range prior of ase_mlff.models.repulsion
+
+A file without a repulsion is written as version 1, so ase-mlff releases that
+predate the prior read it; one with a repulsion is version 2, which those
+releases refuse instead of silently dropping the prior.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from .models import ARCHITECTURES, Potential, get_architecture
 from .units import length_factor
 
 FORMAT = "ase-mlff-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: how to get a good model file, the end of every message about a bad one
 MAKE_MODEL = "model files are written by ase_mlff.save_model or 'mlff-md train'"
@@ -81,9 +87,10 @@ def model_record(model: Potential, metadata: dict | None = None) -> dict:
         raise ValueError(f"metadata must be JSON-compatible: {error}") from None
     parameter = next(model.parameters(), None)
     weights_dtype = parameter.dtype if parameter is not None else model.scale.dtype
-    return {
+    repulsion = getattr(model, "repulsion", None)
+    record = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1 if repulsion is None else 2,
         "architecture": model.architecture,
         "hyperparameters": _plain(model.hyperparameters()),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -99,6 +106,9 @@ def model_record(model: Potential, metadata: dict | None = None) -> dict:
         "package_version": __version__,
         "metadata": merged,
     }
+    if repulsion is not None:
+        record["repulsion"] = repulsion.record()
+    return record
 
 
 def _plain(value):
@@ -248,6 +258,13 @@ def check_record(record: dict, source: str = "<record>") -> None:
         raise bad("energy_reference", "{'element_energy': {element: eV}, 'scale': eV, 'shift': eV}")
     if not isinstance(record.get("metadata", {}), dict):
         raise bad("metadata", "a dict")
+    if "repulsion" in record:
+        repulsion = record["repulsion"]
+        pairs = repulsion.get("pairs") if isinstance(repulsion, dict) else None
+        if (not isinstance(repulsion, dict) or repulsion.get("kind") != "zbl" or not isinstance(pairs, list)
+                or not all(isinstance(p, (list, tuple)) and len(p) == 4 and all(isinstance(e, str) for e in p[:2])
+                           and all(_is_number(v) for v in p[2:]) for p in pairs)):
+            raise bad("repulsion", "{'kind': 'zbl', 'pairs': [[element, element, inner Å, outer Å], ...]}")
 
 
 def state_dict_mismatch(module: torch.nn.Module, stored: dict) -> str | None:
@@ -293,6 +310,11 @@ def model_from_record(record: dict, source: str = "<record>") -> Potential:
     except RuntimeError as error:
         raise ValueError(f"{source}: weights do not match the architecture ({_first_line(error)}); "
                          f"{_DAMAGED}") from None
+    if "repulsion" in record:
+        try:
+            model.set_repulsion({(a, b): (r_in, r_out) for a, b, r_in, r_out in record["repulsion"]["pairs"]})
+        except ValueError as error:
+            raise ValueError(f"{source}: field 'repulsion': {error}; {_DAMAGED}") from None
     model.to(getattr(torch, record.get("dtype", "float32")))
     model.metadata = copy.deepcopy(record.get("metadata", {}))
     model.source = source

@@ -5,11 +5,13 @@ to per-atom energies [N] in eV. The edge list is full, as :mod:`ase_mlff.neighbo
 builds it: every pair within the cutoff appears in both directions, (i, j, r)
 and (j, i, −r) (networks may evaluate what depends on |r| once per pair):
 
-    E_i = scale · y_i + shift + E_ref[Z_i]
+    E_i = scale · y_i + shift + E_ref[Z_i]  (+ u_i, an optional short-range repulsion)
 
 where y_i is the network's dimensionless per-atom output, E_ref the
 per-element reference energies (fitted by least squares on the training data)
-and scale/shift standardise the rest. Forces and stress are not computed
+and scale/shift standardise the rest; u_i is the atom's share of a switched
+ZBL repulsion (:meth:`Potential.set_repulsion`, :mod:`ase_mlff.models.repulsion`),
+zero wherever the training data were. Forces and stress are not computed
 here: see :mod:`ase_mlff.forces`, the one place that differentiates.
 """
 
@@ -89,6 +91,7 @@ class Potential(nn.Module):
         self.register_buffer("element_energy", torch.zeros(len(chemical_symbols), dtype=torch.float64))
         self.register_buffer("scale", torch.ones((), dtype=torch.float64))
         self.register_buffer("shift", torch.zeros((), dtype=torch.float64))
+        self.repulsion = None  # a short-range prior added to E_i (set_repulsion; ase_mlff.models.repulsion)
 
     def _apply(self, fn, recurse=True):
         # Reference energies stay float64 whatever dtype the network runs in:
@@ -128,7 +131,10 @@ class Potential(nn.Module):
             y = self.atomic_outputs(species, edge_index, edge_vectors, half=True)
         else:
             y = self.atomic_outputs(species, edge_index, edge_vectors)
-        return y * self.scale + self.shift + self.element_energy[numbers]
+        energies = y * self.scale + self.shift + self.element_energy[numbers]
+        if self.repulsion is not None:
+            energies = energies + self.repulsion(species, edge_index, edge_vectors, half=half)
+        return energies
 
     def pairwise(self, n_edges) -> bool:
         """Whether :meth:`atomic_outputs` takes its once-per-pair branch for ``n_edges`` edges.
@@ -176,6 +182,18 @@ class Potential(nn.Module):
         self.element_energy.copy_(table)
         self.scale.fill_(float(scale))
         self.shift.fill_(float(shift))
+
+    def set_repulsion(self, radii: dict | None) -> None:
+        """Add the switched ZBL repulsion (:mod:`ase_mlff.models.repulsion`) with ``radii``
+        {(element, element): (inner, outer) Å}, e.g. from
+        :func:`~ase_mlff.models.repulsion.radii_from_data` of the training frames; None removes it."""
+        from .repulsion import ZBLRepulsion
+
+        if radii is None:
+            self.repulsion = None
+            return
+        device = self.species_index.device
+        self.repulsion = ZBLRepulsion(self.species, radii).to(device)
 
     def energy_reference(self) -> dict[str, float]:
         return {s: float(self.element_energy[z]) for s, z in zip(self.species, self.atomic_numbers)}

@@ -283,6 +283,10 @@ def _choose_split(dataset, data, split_file, split_tag, n_train, n_val, n_test, 
 @click.option("--ema-decay", default=0.99, show_default=True,
               help="Decay of the exponential moving average of weights (0: off).")
 @click.option("--grad-clip", default=10.0, show_default=True, help="Gradient-norm clip (0: off).")
+@click.option("--repulsion", type=click.Choice(["none", "zbl"]), default="none", show_default=True,
+              help="Short-range prior: zbl adds the ZBL nuclear repulsion below the shortest distance of "
+                   "each pair of elements in the training frames (zero on every training frame), so MD "
+                   "cannot fall into holes where the model saw no data.")
 @click.option("--device", default="auto", show_default=True, callback=_check_device,
               help="auto, cpu, cuda or cuda:N.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
@@ -568,6 +572,10 @@ def info(model, as_json):
         "energy reference  " + ", ".join(f"{k} {v:.6f} eV" for k, v in reference.get("element_energy", {}).items())
         + f"; scale {reference.get('scale', 1.0):.6g} eV, shift {reference.get('shift', 0.0):.6g} eV",
     ]
+    if "repulsion" in record:  # read_model_record checked its layout
+        pairs = record["repulsion"]["pairs"]
+        lines.append("repulsion         ZBL, switched off between (inner-outer Å) "
+                     + ", ".join(f"{a}-{b} {r_in:.2f}-{r_out:.2f}" for a, b, r_in, r_out in pairs))
     for key, value in meta.items():
         if key not in ("training", "metrics", TRAINING_DATA_KEY):
             lines.append(f"{key!s:<17} {value}")

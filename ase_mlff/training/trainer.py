@@ -98,9 +98,16 @@ class TrainConfig:
     # a model file whose weights (and energy reference) start the run: fine-tuning or a warm
     # restart with new optimizer settings; its architecture and hyperparameters are used
     init_from: str | None = None
+    # "zbl": the switched ZBL repulsion below each pair's shortest distance in the training frames
+    # (ase_mlff.models.repulsion); None or "none": no prior
+    repulsion: str | None = None
 
     def __post_init__(self):
         get_architecture(self.architecture)
+        if self.repulsion == "none":
+            self.repulsion = None
+        if self.repulsion not in (None, "zbl"):
+            raise ValueError(f"unknown repulsion {self.repulsion!r}; valid: 'zbl' or None")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {OPTIMIZERS}")
         for name in ("learning_rate", "batch_size", "max_epochs", "cutoff"):
@@ -264,6 +271,10 @@ class Trainer:
             species = config.species or self.train_data.species
             cls = get_architecture(config.architecture)
             self.model = cls(species, **config.model_hyperparameters())
+        if config.repulsion == "zbl":
+            from ..models.repulsion import radii_from_data
+
+            self.model.set_repulsion(radii_from_data(self.train_data.atoms, self.model.species, self.model.cutoff))
         check_dataset(self.train_data, species, "training set")
         for name, subset in (("validation set", self.val_data), ("test set", self.test_data)):
             if subset is not None:
@@ -433,6 +444,7 @@ class Trainer:
         # the parent's weights are in the checkpoint: resuming does not need its file
         fixed = {k: v for k, v in state["config"].items()
                  if k not in ("max_epochs", "max_time_min", "patience", "device", "init_from")}
+        fixed.setdefault("repulsion", None)  # checkpoints from before the prior had none
         mine = {k: v for k, v in asdict(self.config).items() if k in fixed}
         if fixed != mine:
             changed = sorted(k for k in fixed if fixed.get(k) != mine.get(k))
