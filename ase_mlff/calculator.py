@@ -33,7 +33,7 @@ from .compositions import (
 from .forces import compute
 from .io import load_model
 from .models import Potential
-from .neighbors import NeighborList, takes_half_lists
+from .neighbors import NeighborList
 from .skin_lists import BatchedNeighbors
 from .threads import set_threads
 
@@ -92,8 +92,7 @@ class MLFFCalculator(Calculator):
         self.compile = bool(compile)
         self.evaluator = compiled(self.model) if self.compile else self.model
         self.neighbor_list = NeighborList(self.model.cutoff, neighbor_backend)
-        self._skin_list = BatchedNeighbors(self.model.cutoff, skin, neighbor_backend,  # checks skin >= 0
-                                           half=takes_half_lists(self.model))
+        self._skin_list = BatchedNeighbors.for_model(self.model, skin, neighbor_backend)  # checks skin >= 0
         # JSON-serialisable, so the calculator can be written into .traj files
         self.parameters.update(model=name, device=str(self.device), dtype=dtype_name(self.dtype),
                                neighbor_backend=neighbor_backend, skin=float(skin), compile=self.compile)

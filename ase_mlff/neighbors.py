@@ -146,6 +146,19 @@ def takes_half_lists(model) -> bool:
         return False
 
 
+def takes_wide_lists(model) -> bool:
+    """Whether ``model`` (or the model inside a compiled one) may be given pairs beyond its cutoff,
+    which it zeroes itself (``Potential.zero_beyond_cutoff``), declared by the most derived class
+    that defines ``atomic_outputs`` or ``forward``: a subclass that changes either without saying
+    so again gets exact lists."""
+    model = getattr(model, "model", model)
+    for klass in type(model).__mro__:
+        own = vars(klass)
+        if "atomic_outputs" in own or "forward" in own:
+            return bool(own.get("zero_beyond_cutoff", False))
+    return False
+
+
 def edge_vectors(
     positions: torch.Tensor, cell: torch.Tensor, system: torch.Tensor, neighbors: Neighbors
 ) -> torch.Tensor:

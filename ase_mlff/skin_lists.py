@@ -32,7 +32,10 @@ the relaxation's bounded max|δ| by the largest move of the unit-cell
 coordinates times ‖F_build‖. An expanding cell (‖G⁻¹‖ < 1) widens the margin.
 
 Pairs of a list now beyond the cutoff are dropped before the model sees them,
-so the model always gets exactly the pairs a fresh list would give. The same
+so the model always gets exactly the pairs a fresh list would give; except
+for a model that zeroes them itself (``prune=False``, for
+``Potential.zero_beyond_cutoff``: Lennard-Jones), which gets the wide lists as
+they are, with the same results (sums of the same terms and of exact zeros). The same
 bounds tell which edges need measuring: an edge of length d⁰ at the build is
 now between (d⁰ − 2 max|δ|)/‖G⁻¹‖ and ‖G‖(d⁰ + 2 max|δ|) long, so only those
 whose interval holds the cutoff are measured (a thin shell while atoms have
@@ -54,7 +57,15 @@ from __future__ import annotations
 import torch
 
 from .batch import Batch
-from .neighbors import NeighborList, Neighbors, one_per_pair, shift_codes, shift_table
+from .neighbors import (
+    NeighborList,
+    Neighbors,
+    one_per_pair,
+    shift_codes,
+    shift_table,
+    takes_half_lists,
+    takes_wide_lists,
+)
 
 #: lists of at most this many edges are filtered by measuring every edge (``_measure_all``): one
 #: ethanol's filter took 67 µs through the bounds and 15 µs so (one thread)
@@ -76,17 +87,26 @@ class BatchedNeighbors:
         half: keep each pair once (:func:`~ase_mlff.neighbors.one_per_pair`; ``Neighbors.half``),
             for a model that takes half lists (``takes_half_lists``): half the edges to store,
             filter and turn into vectors.
+        prune: drop the pairs now beyond the cutoff (False: return every pair of the lists, those
+            within cutoff + skin, for a model that zeroes the others itself, ``takes_wide_lists``).
     """
 
     def __init__(self, cutoff: float, skin: float = 1.0, backend: str = "auto", deforming: bool = False,
-                 half: bool = False):
+                 half: bool = False, prune: bool = True):
         if not skin >= 0:
             raise ValueError(f"skin must be >= 0 Å, got {skin}")
         self.cutoff, self.skin = float(cutoff), float(skin)
-        self.deforming, self.half = bool(deforming), bool(half)
+        self.deforming, self.half, self.prune = bool(deforming), bool(half), bool(prune)
         self.wide = NeighborList(self.cutoff + self.skin, backend)
         self.rebuilds = 0
         self.reset()
+
+    @classmethod
+    def for_model(cls, model, skin: float = 1.0, backend: str = "auto", **options):
+        """Lists for ``model`` (or a compiled one): its cutoff, half lists if it takes them, unpruned
+        if it zeroes the pairs beyond its cutoff itself; ``options`` as the constructor's."""
+        return cls(model.cutoff, skin, backend, half=takes_half_lists(model), prune=not takes_wide_lists(model),
+                   **options)
 
     def reset(self) -> None:
         """Forget every list (the next call builds all)."""
@@ -103,13 +123,14 @@ class BatchedNeighbors:
         self._edge_system: torch.Tensor | None = None  # [E] system of each edge
         self._needs_filter = True
         self._last: tuple | None = None  # (inside [E] bool, Neighbors) of the previous call
+        self._whole: Neighbors | None = None  # every stored edge, served while no filter runs
 
     def follow_deformation(self) -> None:
         """From now on the cells may change between calls (``deforming``); the lists built so far stay."""
         if not self.deforming:
             self.deforming = True
             self._needs_filter = self.skin > 0
-            self._last = None
+            self._last = self._whole = None
 
     # -- per call ----------------------------------------------------------------------------
     def __call__(self, batch) -> Neighbors:
@@ -129,7 +150,7 @@ class BatchedNeighbors:
                 # one reduction over all atoms decides: no atom moved skin/2, no list is stale (the
                 # one host sync of a call; NaN counts as moved)
                 due = not bool(moved.amax() <= (0.5 * self.skin) ** 2)
-                if due or (self._needs_filter and not self._measure_all()):
+                if due or (self.prune and self._needs_filter and not self._measure_all()):
                     bounds = (self._largest(moved, batch), None, None)
             if due:
                 # with them, the systems past half their allowance: one search now instead of
@@ -139,19 +160,23 @@ class BatchedNeighbors:
                 moved, stretch, squeeze = bounds  # a rebuilt system has moved by nothing since
                 bounds = (torch.where(stale, 0.0, moved), None if stretch is None else torch.where(stale, 1.0, stretch),
                           None if squeeze is None else torch.where(stale, 1.0, squeeze))
-        if not self._needs_filter:
-            return Neighbors(self.edge_index, self.shifts, self.periodic, self._reach,
-                             self._code if self.periodic else None, self.half)
+        if not (self._needs_filter and self.prune):
+            if self._whole is None:
+                self._whole = self._serve(self.edge_index, self.shifts, self._code, batch.positions.shape[0])
+            return self._whole
         inside = (_squared_norms(self._vectors(batch)) < self.cutoff ** 2 if self._measure_all()
                   else self._inside(batch, bounds))
         if self._last is not None and torch.equal(inside, self._last[0]):
             return self._last[1]  # the same pairs as the previous call
         kept = torch.nonzero(inside).squeeze(1)
-        neighbors = Neighbors(self.edge_index.index_select(1, kept), self.shifts.index_select(0, kept), self.periodic,
-                              self._reach, self._code.index_select(0, kept) if self.periodic else None,
-                              self.half)
+        neighbors = self._serve(self.edge_index.index_select(1, kept), self.shifts.index_select(0, kept),
+                                self._code.index_select(0, kept) if self.periodic else None, batch.positions.shape[0])
         self._last = (inside, neighbors)
         return neighbors
+
+    def _serve(self, edge_index, shifts, code, n_atoms: int) -> Neighbors:
+        """The Neighbors handed out for these edges (the stored ones or a subset), kept while they are served."""
+        return Neighbors(edge_index, shifts, self.periodic, self._reach, code if self.periodic else None, self.half)
 
     def _measure_all(self) -> bool:
         """Whether the filter measures every stored edge: for a short list (a molecule, a few small
@@ -211,7 +236,7 @@ class BatchedNeighbors:
         self._index_shifts(self._reach)
         self._built = self._built.index_select(0, edges)
         self._edge_system = self._system.index_select(0, self.edge_index[0])
-        self._last = None
+        self._last = self._whole = None
         self._needs_filter = self.skin > 0 and (self.deforming or bool(self.near.any()))
 
     # -- the rule ------------------------------------------------------------------------------
@@ -298,7 +323,7 @@ class BatchedNeighbors:
         elif first:
             self.near = torch.ones_like(stale)
         self._needs_filter = self.skin > 0 and (self.deforming or bool(self.near.any()))
-        self._last = None
+        self._last = self._whole = None
 
     def _index_shifts(self, reach: int) -> None:
         """Each edge's entry in the [B·K] table of S·cell over the K = (2·reach + 1)³ shifts within reach."""

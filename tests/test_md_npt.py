@@ -22,7 +22,7 @@ from ase_mlff.md import noise, restart_md, run_md
 from ase_mlff.md.h5 import FRAME_FIELDS_V3, read_frames, read_series
 from ase_mlff.md.settings import MDSettings
 from ase_mlff.models import LennardJones
-from ase_mlff.neighbors import neighbor_list, one_per_pair
+from ase_mlff.neighbors import edge_vectors, neighbor_list, one_per_pair
 
 
 def _calc():
@@ -211,18 +211,26 @@ def test_skin_lists_stay_exact_while_the_cell_deforms(tmp_path):
     cell0 = state.cell.clone()
     cutoff = calc.model.cutoff
     builds = force_field.neighbors.rebuilds
+    beyond = 0
     for _ in range(150):
         step(state, force_field)
         used = force_field.neighbors(state)
         fresh = neighbor_list(state.batch(), cutoff)
         assert used.half  # LJ takes half lists: each pair once, the edge one_per_pair keeps
         kept = one_per_pair(fresh.edge_index, fresh.shifts)
-        key = lambda index, shifts: sorted(zip(*index.tolist(), *shifts.T.tolist()))  # noqa: E731
-        assert key(used.edge_index, used.shifts) == key(fresh.edge_index[:, kept], fresh.shifts[kept]), \
-            f"step {state.step}"
+        key = lambda index, shifts: set(zip(*index.tolist(), *shifts.T.tolist()))  # noqa: E731
+        # LJ zeroes pairs beyond its cutoff itself and gets the lists unpruned (cutoff + skin): they
+        # must hold every pair of the fresh list, and nothing else closer than the cutoff
+        assert not force_field.neighbors.prune
+        missing = key(fresh.edge_index[:, kept], fresh.shifts[kept]) - key(used.edge_index, used.shifts)
+        assert not missing, f"step {state.step}: {sorted(missing)[:3]}"
+        lengths = torch.linalg.vector_norm(edge_vectors(state.positions, state.cell, state.system, used), dim=1)
+        assert int((lengths < cutoff).sum()) == int(kept.sum()), f"step {state.step}"
+        beyond += int((lengths >= cutoff).sum())
     change = torch.linalg.matrix_norm(torch.linalg.solve(cell0, state.cell) - torch.eye(3, dtype=torch.float64))
     assert bool((change > 0.02).all()), change  # the cells did deform
     assert 0 < force_field.neighbors.rebuilds - builds < 150  # lists were reused, and rebuilt when due
+    assert beyond > 0  # the model did get pairs beyond its cutoff
 
 
 # -- physics: sign, units, barostat off, effective energy -----------------------------------------

@@ -14,7 +14,10 @@ from ase import Atoms
 from ase.build import bulk, molecule
 
 from ase_mlff.batch import atoms_to_batch
-from ase_mlff.neighbors import NeighborList, one_per_pair
+from ase_mlff.compiled import compiled
+from ase_mlff.forces import compute
+from ase_mlff.models import LennardJones, SchNet
+from ase_mlff.neighbors import NeighborList, edge_vectors, one_per_pair, takes_wide_lists
 from ase_mlff.skin_lists import BatchedNeighbors
 
 CUTOFF, SKIN = 5.0, 1.0
@@ -125,4 +128,48 @@ def test_pairs_leave_and_enter_as_the_cells_expand_and_shrink_without_a_rebuild(
         np.testing.assert_array_equal(_rows(got.edge_index, got.shifts), _sorted(_rows(want.edge_index, want.shifts)))
         seen.add(want.n_edges)
     assert len(seen) == 7  # every strain moved pairs across the cutoff, or this test proves nothing
+
+
+
+class _ShiftedLJ(LennardJones):
+    """Overrides the pair energy without saying it is still zero beyond the cutoff."""
+
+    def atomic_outputs(self, species, edge_index, edge_vectors, half: bool = False):
+        return super().atomic_outputs(species, edge_index, edge_vectors, half=half) + 1.0
+
+
+def test_only_models_that_zero_pairs_beyond_the_cutoff_get_unpruned_lists():
+    assert takes_wide_lists(LennardJones()) and takes_wide_lists(compiled(LennardJones()))
+    assert not takes_wide_lists(SchNet(["H", "O"], cutoff=4.0))
+    assert not takes_wide_lists(_ShiftedLJ())  # a subclass must declare it again
+    assert BatchedNeighbors.for_model(LennardJones(), SKIN).prune is False
+    assert BatchedNeighbors.for_model(_ShiftedLJ(), SKIN).prune is True
+
+
+@pytest.mark.parametrize("smooth", [True, False], ids=["smooth", "shifted"])
+@pytest.mark.parametrize("deforming", [False, True], ids=["fixed", "deforming"])
+def test_unpruned_lists_hold_pairs_beyond_the_cutoff_and_give_the_exact_lists_numbers(smooth, deforming):
+    """Lennard-Jones on the lists at cutoff + skin (pairs beyond the cutoff included) equals it on a fresh
+    list at the cutoff: energies, forces and stress to rounding, through reuse and rebuilds (the shifted
+    form must mask what the smooth switch zeroes by itself)."""
+    model = LennardJones(["Ar"], epsilon=0.01, sigma=3.4, cutoff=CUTOFF, smooth=smooth)
+    structures = [s for s in _structures() if s.pbc.all()]
+    batch = atoms_to_batch(structures)
+    lists = BatchedNeighbors.for_model(model, SKIN, deforming=deforming)
+    fresh = NeighborList(CUTOFF)
+    rng = np.random.default_rng(4)
+    beyond = 0
+    for step in range(15):
+        now = _moved(batch, rng, step) if deforming else batch
+        now = now.replace(positions=now.positions + torch.from_numpy(rng.normal(scale=0.03 * step,
+                                                                                size=batch.positions.shape)))
+        got = lists(now)
+        lengths = torch.linalg.vector_norm(edge_vectors(now.positions, now.cell, now.system, got), dim=1)
+        beyond += int((lengths >= CUTOFF).sum())
+        a = compute(model, now, got, forces=True, stress=True)
+        b = compute(model, now, fresh(now), forces=True, stress=True)
+        torch.testing.assert_close(a.energies, b.energies, rtol=0, atol=1e-13)
+        torch.testing.assert_close(a.forces, b.forces, rtol=0, atol=1e-13)
+        torch.testing.assert_close(a.stress, b.stress, rtol=0, atol=1e-15)
+    assert beyond > 0 and lists.rebuilds > 1  # pairs beyond the cutoff were evaluated, lists were rebuilt
 

@@ -14,7 +14,7 @@ import torch
 from ..batch import Batch
 from ..compiled import compiled
 from ..forces import compute
-from ..neighbors import Neighbors, takes_half_lists
+from ..neighbors import Neighbors
 from ..skin_lists import BatchedNeighbors
 from .state import MDState
 
@@ -37,8 +37,7 @@ class ForceField:
                  evaluator=None, dtype: torch.dtype | None = None, stress: bool = False):
         self.model = model
         self.stress = bool(stress)
-        self.neighbors = BatchedNeighbors(model.cutoff, skin, backend, deforming=self.stress,
-                                          half=takes_half_lists(model))
+        self.neighbors = BatchedNeighbors.for_model(model, skin, backend, deforming=self.stress)
         self.evaluator = evaluator if evaluator is not None else (compiled(model) if compile else model)
         from ..forces import model_dtype
 

@@ -76,6 +76,14 @@ class Potential(nn.Module):
     #: :meth:`atomic_outputs` also takes a half list (each pair once, ``half=True``; see
     #: ``ase_mlff.neighbors.Neighbors.half``): the skin lists then build half lists for it
     half_lists: bool = False
+    #: a pair farther apart than :attr:`cutoff` contributes exactly nothing, to the energy and to every
+    #: derivative (a switch that is exactly 0 there, or a mask): the skin lists then hand
+    #: :meth:`atomic_outputs` their lists at cutoff + skin as they are, instead of filtering out the
+    #: pairs beyond the cutoff on every call (cheaper for a model with little work per edge; the
+    #: numbers are the same, as sums of the same terms and of exact zeros). Read from the class that
+    #: defines the ``atomic_outputs`` (or ``forward``) that runs, see
+    #: :func:`ase_mlff.neighbors.takes_wide_lists`: a subclass that overrides them must declare it again
+    zero_beyond_cutoff: bool = False
     _pinned_pairwise: bool | None = None  # the branch fixed while a graph is traced (:meth:`pinned`)
 
     def __init__(self, species: Sequence[str | int], cutoff: float):

@@ -36,7 +36,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..batch import Batch, atoms_to_batch
 from ..forces import compute
-from ..neighbors import NeighborList, takes_half_lists
+from ..neighbors import NeighborList
 from .cellfilter import deformation, deformed, filter_forces, largest_row_norm
 from .fire import FireParameters, fire_state, fire_step
 from .neighbors import SkinNeighbors
@@ -227,8 +227,7 @@ class _Relaxation:
         self.want_stress = cell
         backend = calc.parameters.get("neighbor_backend", "auto")
         self.neighbor_list = NeighborList(calc.model.cutoff, backend)
-        self.skin_lists = SkinNeighbors(calc.model.cutoff, float(calc.parameters.get("skin", 1.0)), backend,
-                                        half=takes_half_lists(calc.model))
+        self.skin_lists = SkinNeighbors.for_model(calc.model, float(calc.parameters.get("skin", 1.0)), backend)
         self.state = fire_state(self.row_system.shape[0], self.b, fire, batch.positions)
         self.energy = batch.cell.new_zeros(self.b)
         self.forces = batch.positions.new_zeros((self.n, 3))
@@ -249,32 +248,32 @@ class _Relaxation:
         return positions, cell, gradient
 
     def _active_batch(self, active: torch.Tensor, positions, cell) -> tuple[Batch, torch.Tensor]:
-        """The sub-batch of the ``active`` systems and its atoms' mask [N]; index tensors cached per set."""
+        """The sub-batch of the ``active`` systems and its atoms' indices [n]; index tensors cached per set."""
         key = active.cpu().numpy().tobytes()
         if self._subset is None or self._subset[0] != key:
-            atom_mask = active[self.batch.system]
+            atoms = torch.nonzero(active[self.batch.system]).squeeze(1)
             remap = torch.cumsum(active.long(), 0) - 1
-            self._subset = (key, atom_mask, torch.nonzero(active).squeeze(1), remap[self.batch.system[atom_mask]])
-        _, atom_mask, systems, system = self._subset
+            self._subset = (key, atoms, torch.nonzero(active).squeeze(1), remap[self.batch.system[atoms]])
+        _, atoms, systems, system = self._subset
         b = self.batch
-        sub = Batch(positions=positions[atom_mask], numbers=b.numbers[atom_mask], cell=cell[systems],
-                    pbc=b.pbc[systems], system=system, n_atoms=b.n_atoms[systems])
-        return sub, atom_mask
+        sub = Batch(positions=positions.index_select(0, atoms), numbers=b.numbers.index_select(0, atoms),
+                    cell=cell.index_select(0, systems), pbc=b.pbc.index_select(0, systems), system=system,
+                    n_atoms=b.n_atoms.index_select(0, systems))
+        return sub, atoms
 
     # -- the loop ------------------------------------------------------------------
     def evaluate(self, active: torch.Tensor, positions, cell, gradient) -> None:
         """Energy, forces (zero on fixed atoms) and stress of the active systems, into the full tensors."""
-        sub, atom_mask = self._active_batch(active, positions, cell)
-        neighbors = self.skin_lists(self.batch.replace(positions=positions, cell=cell), self.reference_positions,
-                                    gradient, active, atom_mask, self._subset[0])
+        sub, atoms = self._active_batch(active, positions, cell)
+        neighbors = self.skin_lists(sub, gradient, active, self._subset[0])
         stress = self.want_stress
         calc = self.calc
         out = compute(calc.evaluator, sub, neighbors, forces=True, stress=stress, dtype=calc.dtype)
         systems = self._subset[2]
-        self.energy[systems] = out.energy.detach().to(torch.float64)
-        self.forces[atom_mask] = out.forces.detach().to(torch.float64) * self.free[atom_mask]
+        self.energy.index_copy_(0, systems, out.energy.detach().to(torch.float64))
+        self.forces.index_copy_(0, atoms, out.forces.detach().to(torch.float64) * self.free.index_select(0, atoms))
         if stress:
-            self.stress[systems] = out.stress.detach().to(torch.float64)
+            self.stress.index_copy_(0, systems, out.stress.detach().to(torch.float64))
 
     def generalised_forces(self, cell, gradient) -> torch.Tensor:
         """[R, 3]: the forces, or with the filter [G_u; G_X rows]."""

@@ -79,6 +79,13 @@ def _per_system(values: torch.Tensor, row_system: torch.Tensor, n_systems: int) 
     return values.new_zeros(n_systems).index_add_(0, row_system, values)
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[R] row-wise a·b of [R, 3] rows (``(a * b).sum(1)`` reduces a length-3 axis ~10x slower on CPU)."""
+    ax, ay, az = a.unbind(1)
+    bx, by, bz = b.unbind(1)
+    return ax * bx + ay * by + az * bz
+
+
 def fire_step(state: FireState, forces: torch.Tensor, row_system: torch.Tensor, moving: torch.Tensor,
               parameters: FireParameters) -> torch.Tensor:
     """One FIRE step: update ``state`` in place and return the displacement [R, 3].
@@ -90,17 +97,21 @@ def fire_step(state: FireState, forces: torch.Tensor, row_system: torch.Tensor, 
     """
     p = parameters
     n_systems = moving.shape[0]
+
+    def rows(values: torch.Tensor) -> torch.Tensor:  # [B] -> [R, 1], each row its system's value
+        return values.index_select(0, row_system).unsqueeze(1)
+
     v = state.velocity
-    vf = _per_system((forces * v).sum(1), row_system, n_systems)  # [B]
-    f2 = _per_system(forces.square().sum(1), row_system, n_systems)
-    v2 = _per_system(v.square().sum(1), row_system, n_systems)
+    vf = _per_system(_dot(forces, v), row_system, n_systems)  # [B]
+    f2 = _per_system(_dot(forces, forces), row_system, n_systems)
+    v2 = _per_system(_dot(v, v), row_system, n_systems)
     downhill = vf > 0.0
     mix = state.started & downhill  # [B]
     reset = state.started & ~downhill
-    # v ← (1 − a) v + a f̂ |v|; f2 > 0 wherever vf > 0, the clamp only guards the unused branch
+    # v ← (1 − a) v + a f̂ |v| where mixing, 0 where reset, v elsewhere: per system v·c + f·d
     scale = (state.alpha * torch.sqrt(v2) / torch.sqrt(f2.clamp_min(torch.finfo(f2.dtype).tiny)))
-    mixed = (1.0 - state.alpha)[row_system, None] * v + scale[row_system, None] * forces
-    v = torch.where(mix[row_system, None], mixed, torch.where(reset[row_system, None], torch.zeros_like(v), v))
+    keep = torch.where(mix, 1.0 - state.alpha, torch.where(reset, 0.0, 1.0))  # [B]
+    push = torch.where(mix, scale, 0.0)
     grow = mix & (state.n_positive > p.n_min)
     dt = torch.where(grow, torch.clamp(state.dt * p.f_inc, max=p.dtmax), state.dt)
     dt = torch.where(reset, dt * p.f_dec, dt)
@@ -108,18 +119,16 @@ def fire_step(state: FireState, forces: torch.Tensor, row_system: torch.Tensor, 
     alpha = torch.where(reset, torch.full_like(alpha, p.a_start), alpha)
     n_positive = torch.where(mix, state.n_positive + 1, torch.where(reset, torch.zeros_like(state.n_positive),
                                                                       state.n_positive))
-
-    v = v + dt[row_system, None] * forces
-    dr = dt[row_system, None] * v
-    norm = torch.sqrt(_per_system(dr.square().sum(1), row_system, n_systems))  # [B], one norm per system
-    limit = torch.where(norm > p.maxstep, p.maxstep / norm.clamp_min(torch.finfo(norm.dtype).tiny),
-                        torch.ones_like(norm))
-    dr = dr * limit[row_system, None]
-
-    rows = moving[row_system, None]
-    state.velocity = torch.where(rows, v, state.velocity)
+    dt_rows = rows(dt)
+    v = rows(keep) * v + rows(push) * forces
+    v = v + dt_rows * forces
+    dr = dt_rows * v
+    norm = torch.sqrt(_per_system(_dot(dr, dr), row_system, n_systems))  # [B], one norm per system
+    limit = torch.where(norm > p.maxstep, p.maxstep / norm.clamp_min(torch.finfo(norm.dtype).tiny), 1.0)
+    moving_rows = rows(moving)
+    state.velocity = torch.where(moving_rows, v, state.velocity)
     state.dt = torch.where(moving, dt, state.dt)
     state.alpha = torch.where(moving, alpha, state.alpha)
     state.n_positive = torch.where(moving, n_positive, state.n_positive)
     state.started = state.started | moving
-    return torch.where(rows, dr, torch.zeros_like(dr))
+    return torch.where(moving_rows, dr * rows(limit), 0.0)
