@@ -95,7 +95,8 @@ def test_trainer_records_the_compositions_of_the_training_split_only(tmp_path):
 
 def test_bundled_potentials_record_their_training_data():
     # independent of the record: the split files beside the models give the training frame count
-    for name, expected in (("ethanol-painn", "C2H6O"), ("ethanol-schnet", "C2H6O"), ("water-schnet", "H2O")):
+    for name, expected in (("ethanol-painn", "C2H6O"), ("ethanol-schnet", "C2H6O"), ("water-painn", "H2O"),
+                           ("water-schnet", "H2O")):
         record = read_model_record(ROOT / "potentials" / f"{name}.pt")
         n_train = len(json.loads((ROOT / "potentials" / f"{name}.split.json").read_text())["train"])
         assert record["metadata"]["training_data"] == {
@@ -159,7 +160,8 @@ def test_run_refuses_to_guess_a_bundled_potential_outside_its_training_data(tmp_
     line = one_line_error(invoke("run", structure, "--steps", 4, "-o", tmp_path / "x"))
     assert "no bundled potential was trained on the composition CH2O" in line
     for listed in ("ethanol-painn (H, C, O; trained on C2H6O)", "ethanol-schnet (H, C, O; trained on C2H6O)",
-                   "water-schnet (H, O; trained on H2O)", "give one with -m NAME to run it anyway"):
+                   "water-painn (H, O; trained on H2O)", "water-schnet (H, O; trained on H2O)",
+                   "give one with -m NAME to run it anyway"):
         assert listed in line, line
     assert not (tmp_path / "x.h5").exists()
 
@@ -177,7 +179,7 @@ def test_run_with_m_warns_once_per_composition_and_proceeds(tmp_path):
 
 
 @pytest.mark.parametrize("make, expected", [(lambda: molecule("CH3CH2OH"), "ethanol-painn"),
-                                            (lambda: read(WATER_BOX), "water-schnet")])
+                                            (lambda: read(WATER_BOX), "water-painn")])
 def test_run_picks_the_potential_trained_on_the_composition(tmp_path, make, expected):
     structure = tmp_path / "s.xyz"
     write(structure, make())
