@@ -23,7 +23,8 @@ share the machine's load), each relaxing all structures to ``--fmax``:
   ``torch_sim.frechet_cell_fire`` (its ASE flavour, ASE's defaults), the same
   LJ behind TorchSim's ``ModelInterface`` (ase-mlff's full neighbor list rebuilt
   on every call, as TorchSim's own model wrappers do; ours and ASE's calculator
-  keep skin lists, which hold each pair once for LJ), the force convergence
+  keep skin lists, which hold each pair once for LJ and, as LJ zeroes pairs
+  beyond its cutoff, are not pruned to it), the force convergence
   function at ``--fmax`` (cell forces included for ``frechet``), no autobatcher
   (converged structures still leave the batch), convergence checked every
   5 steps (its default ``steps_between_swaps``).

@@ -79,6 +79,8 @@ def _pair_energy(vectors: torch.Tensor, constants: tuple, derivative: bool):
     second derivative, with autograd in its backward.
     """
     epsilon, sigma2, onset2, cutoff2, smooth, shift = constants
+    if derivative and smooth and not torch.is_grad_enabled():
+        return _smooth_pair_energy_in_place(vectors, constants)
     x, y, z = vectors.unbind(1)
     r2 = x * x + y * y + z * z  # [P], Å² (square().sum(1) reduces a length-3 axis ~10x slower on CPU)
     inverse = 1.0 / r2
@@ -95,6 +97,26 @@ def _pair_energy(vectors: torch.Tensor, constants: tuple, derivative: bool):
         return u, torch.where(within, du, 0.0)
     switch, d_switch = _switch(r2, onset2, cutoff2)
     return u * switch, du * switch + u * d_switch
+
+
+def _smooth_pair_energy_in_place(vectors: torch.Tensor, constants: tuple):
+    """:func:`_pair_energy`'s smooth u and (1/r) du/dr, the same formula in place on its own
+    temporaries (no autograd may see them: :class:`_PairEnergy`'s forward). Half the
+    allocations: 64 Mo cells (110k pairs) 1.1-1.2 ms against 1.4-1.9 ms, equal to 1e-15."""
+    epsilon, sigma2, onset2, cutoff2, _, _ = constants
+    x, y, z = vectors.unbind(1)
+    r2 = (x * x).addcmul_(y, y).addcmul_(z, z)
+    inverse = torch.reciprocal(r2)
+    c6 = torch.mul(inverse, sigma2).pow_(3)
+    c12 = c6 * c6
+    u = torch.sub(c12, c6).mul_(4.0 * epsilon)
+    du = torch.sub(c6, c12, alpha=2.0).mul_(inverse).mul_(24.0 * epsilon)
+    scale = 1.0 / (cutoff2 - onset2)
+    s = r2.neg_().add_(cutoff2).mul_(scale).clamp_(0.0, 1.0)  # r2 is not needed after this
+    s2 = s * s
+    switch = torch.mul(s, -2.0).add_(3.0).mul_(s2)
+    d_switch = s2.sub_(s).mul_(12.0 * scale)
+    return u.mul(switch), du.mul_(switch).addcmul_(u, d_switch)
 
 
 def _switch(r2: torch.Tensor, onset2: float, cutoff2: float):
