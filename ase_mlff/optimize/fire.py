@@ -108,10 +108,10 @@ def fire_step(state: FireState, forces: torch.Tensor, row_system: torch.Tensor, 
     downhill = vf > 0.0
     mix = state.started & downhill  # [B]
     reset = state.started & ~downhill
-    # v ← (1 − a) v + a f̂ |v| where mixing, 0 where reset, v elsewhere: per system v·c + f·d
+    # v ← (1 − a) v + a f̂ |v|; f2 > 0 wherever vf > 0, the clamp only guards the unused branch
     scale = (state.alpha * torch.sqrt(v2) / torch.sqrt(f2.clamp_min(torch.finfo(f2.dtype).tiny)))
-    keep = torch.where(mix, 1.0 - state.alpha, torch.where(reset, 0.0, 1.0))  # [B]
-    push = torch.where(mix, scale, 0.0)
+    mixed = rows(1.0 - state.alpha) * v + rows(scale) * forces
+    v = torch.where(rows(mix), mixed, torch.where(rows(reset), 0.0, v))
     grow = mix & (state.n_positive > p.n_min)
     dt = torch.where(grow, torch.clamp(state.dt * p.f_inc, max=p.dtmax), state.dt)
     dt = torch.where(reset, dt * p.f_dec, dt)
@@ -120,7 +120,6 @@ def fire_step(state: FireState, forces: torch.Tensor, row_system: torch.Tensor, 
     n_positive = torch.where(mix, state.n_positive + 1, torch.where(reset, torch.zeros_like(state.n_positive),
                                                                       state.n_positive))
     dt_rows = rows(dt)
-    v = rows(keep) * v + rows(push) * forces
     v = v + dt_rows * forces
     dr = dt_rows * v
     norm = torch.sqrt(_per_system(_dot(dr, dr), row_system, n_systems))  # [B], one norm per system
