@@ -68,17 +68,20 @@ def model_dtype(model: torch.nn.Module) -> torch.dtype | None:
 
 
 def energy(model, positions: torch.Tensor, cell: torch.Tensor, strain: torch.Tensor | None, system: torch.Tensor,
-           numbers: torch.Tensor, neighbors: Neighbors, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+           numbers: torch.Tensor, neighbors: Neighbors, dtype: torch.dtype,
+           reuse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """E [B] and E_i [N] (eV) as functions of the positions and the strain: the one definition of both.
 
     The eager path (:func:`compute`) differentiates it with ``torch.autograd``, the compiled one
     (:mod:`ase_mlff.compiled`) with ``torch.func`` inside one graph; both see the same operations.
+    ``reuse``: the edge vectors' derivative through what a kept list stores
+    (:func:`~ase_mlff.neighbors.edge_vectors`; differentiable once).
     """
     if strain is not None:
         symmetric = 0.5 * (strain + strain.transpose(1, 2))
         positions = positions + torch.bmm(positions.unsqueeze(1), symmetric[system]).squeeze(1)
         cell = cell + torch.bmm(cell, symmetric)
-    vectors = edge_vectors(positions, cell, system, neighbors)  # [E, 3], Å, batch dtype
+    vectors = edge_vectors(positions, cell, system, neighbors, reuse)  # [E, 3], Å, batch dtype
     # rounded only now, after the large coordinates have cancelled in r_j − r_i
     half = {"half": True} if neighbors.half else {}  # only models with half_lists get half lists
     energies = model(numbers, neighbors.edge_index, vectors.to(dtype), **half)  # [N], eV
@@ -140,7 +143,8 @@ def compute(model: torch.nn.Module, batch: Batch, neighbors: Neighbors, *, force
     if stress:
         strain = torch.zeros_like(batch.cell, requires_grad=True)  # [B, 3, 3]
         inputs.append(strain)
-    total, energies = energy(model, positions, batch.cell, strain, batch.system, batch.numbers, neighbors, dtype)
+    total, energies = energy(model, positions, batch.cell, strain, batch.system, batch.numbers, neighbors, dtype,
+                             reuse=not training)
 
     if not inputs:
         return Output(total, energies)
@@ -195,8 +199,9 @@ def pieces(batch: Batch, neighbors: Neighbors, size: int) -> list[tuple[Batch, N
         sub = Batch(positions=batch.positions[pa:pb], numbers=batch.numbers[pa:pb], cell=batch.cell[a:b],
                     pbc=batch.pbc[a:b], system=batch.system[pa:pb] - a, n_atoms=batch.n_atoms[a:b])
         sub_code = None if code is None or rows is None else code[ea:eb] - a * rows
+        # not ``ordered``: a piece is made anew on every call, so nothing derived from it is reused
         parts.append((sub, dataclasses.replace(neighbors, edge_index=edge_index[:, ea:eb] - pa,
-                                                shifts=shifts[ea:eb], shift_code=sub_code)))
+                                                shifts=shifts[ea:eb], shift_code=sub_code, ordered=False)))
     return parts
 
 

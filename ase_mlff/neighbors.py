@@ -47,7 +47,8 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from itertools import product
 
 import torch
@@ -111,6 +112,12 @@ class Neighbors:
     #: computed per call
     shift_code: torch.Tensor | None = None
     half: bool = False
+    #: edges sorted by centre i and the list kept between calls (the skin lists): :func:`edge_vectors`
+    #: may then store what it derives from the edges (``cache``) and reuse it, see there
+    ordered: bool = False
+    #: what :func:`edge_vectors` derived from these edges (``reuse``); a new, empty one for every
+    #: Neighbors made, also by ``dataclasses.replace``
+    cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n_edges(self) -> int:
@@ -159,14 +166,30 @@ def takes_wide_lists(model) -> bool:
     return False
 
 
+#: edges from which :func:`edge_vectors` with ``reuse`` takes its stored sums (fewer, and autograd's
+#: scatter-adds cost less than the sparse product's set-up)
+REUSE_MIN_EDGES = 8192
+
+
 def edge_vectors(
-    positions: torch.Tensor, cell: torch.Tensor, system: torch.Tensor, neighbors: Neighbors
+    positions: torch.Tensor, cell: torch.Tensor, system: torch.Tensor, neighbors: Neighbors,
+    reuse: bool = False,
 ) -> torch.Tensor:
     """Differentiable edge vectors r_j - r_i + S·cell, [n_edges, 3] in Å.
 
     Rebuilt from (possibly strained) positions and cell on every call, so that
     autograd sees how each edge depends on both.
+
+    ``reuse`` (the eager force path, once differentiated: not for a second derivative): for a
+    list kept between calls (``Neighbors.ordered``) of at least :data:`REUSE_MIN_EDGES` edges
+    on the CPU, the gradient in the positions goes through :class:`_PairDifferences`, and
+    with a cell that is not differentiated (no stress) S·cell is computed once per cell and
+    stored with the list (checked against the cell of each call). The same numbers to rounding
+    (the per-atom sums are taken in another order, as deterministically), in fewer passes over
+    the edges: a relaxation of 64 Mo cells with Lennard-Jones took ~10 % less time.
     """
+    if reuse and _reusable(positions, neighbors):
+        return _reused_edge_vectors(positions, cell, neighbors)
     i, j = neighbors.edge_index
     # index_select, not advanced indexing: the same values at half the cost on the CPU
     vectors = positions.index_select(0, j) - positions.index_select(0, i)
@@ -175,6 +198,82 @@ def edge_vectors(
             return vectors + shift_table(cell, neighbors.reach).index_select(0, neighbors.shift_code)
         vectors = vectors + shift_vectors(cell, system.index_select(0, i), neighbors.shifts, neighbors.reach)
     return vectors
+
+
+def _reusable(positions: torch.Tensor, neighbors: Neighbors) -> bool:
+    return (neighbors.ordered and neighbors.n_edges >= REUSE_MIN_EDGES and positions.device.type == "cpu"
+            and positions.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and (not neighbors.periodic or (neighbors.shift_code is not None and neighbors.reach is not None)))
+
+
+def _reused_edge_vectors(positions: torch.Tensor, cell: torch.Tensor, neighbors: Neighbors) -> torch.Tensor:
+    cache = neighbors.cache
+    key = ("centres", positions.dtype, positions.shape[0])
+    centres = cache.get(key)
+    if centres is None:
+        centres = cache[key] = centre_sums(neighbors.edge_index[0], positions.shape[0], positions.dtype)
+    flat = cache.get("flat")
+    if flat is None:  # [2, 3E]: the x, y, z of each edge's i and j in the flattened [3N] positions
+        flat = cache["flat"] = (neighbors.edge_index.unsqueeze(2) * 3
+                                + torch.arange(3, device=positions.device)).reshape(2, -1)
+    offsets = None
+    if neighbors.periodic:
+        if cell.requires_grad:  # the stress: S·cell differentiated by autograd, as without reuse
+            table = shift_table(cell, neighbors.reach)
+            return (_PairDifferences.apply(positions, flat, None, centres)
+                    + table.index_select(0, neighbors.shift_code))
+        stored = cache.get("offsets")
+        if stored is None or stored[0].dtype != cell.dtype or not torch.equal(stored[0], cell):
+            offsets = shift_table(cell, neighbors.reach).index_select(0, neighbors.shift_code)
+            stored = cache["offsets"] = (cell.clone(), offsets)
+        offsets = stored[1]
+    return _PairDifferences.apply(positions, flat, offsets, centres)
+
+
+def centre_sums(centres: torch.Tensor, n_atoms: int, dtype: torch.dtype) -> torch.Tensor:
+    """[n_atoms, E] CSR matrix C with C[a, e] = −1 where edge e's centre is a (``centres`` [E] sorted):
+    C @ g sums −g over each atom's edges, one contiguous run of rows of g per atom."""
+    n_edges = centres.shape[0]
+    rows = torch.zeros(n_atoms + 1, dtype=torch.long, device=centres.device)
+    torch.cumsum(torch.bincount(centres, minlength=n_atoms), 0, out=rows[1:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sparse CSR support is "beta" in torch: its warning, once
+        return torch.sparse_csr_tensor(rows, torch.arange(n_edges, device=centres.device),
+                                       torch.full((n_edges,), -1.0, dtype=dtype, device=centres.device),
+                                       (n_atoms, n_edges), check_invariants=False)
+
+
+class _PairDifferences(torch.autograd.Function):
+    """r_j − r_i (+ ``offsets``, not differentiated) of edges sorted by centre i, [E, 3].
+
+    Autograd's backward of the two gathers is two scatter-adds of [E, 3] rows and a negation;
+    with the edges sorted by centre, the centres' part is the product of the stored matrix of
+    :func:`centre_sums` with the gradient (each atom's edges are contiguous), and only the
+    neighbours' part is a scatter-add. Gathers and scatter-add go through the flattened
+    positions, at the stored indices ``flat`` [2, 3E] of the components of each edge's i and j
+    (1-D gathers and scatter-adds are faster than those of rows of 3). 64 Mo cells (110k
+    edges, one thread), forward and backward 2.2-2.3 against 4.0-5.1 ms.
+    Once differentiable: a second derivative (training on forces) takes the autograd path.
+    """
+
+    @staticmethod
+    def forward(ctx, positions, flat, offsets, centres):
+        n_edges = flat.shape[1] // 3
+        values = positions.reshape(-1)
+        vectors = values.index_select(0, flat[1]).sub_(values.index_select(0, flat[0])).view(n_edges, 3)
+        if offsets is not None:
+            vectors.add_(offsets)
+        ctx.save_for_backward(flat)
+        ctx.centres = centres
+        return vectors
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (flat,) = ctx.saved_tensors
+        out = torch.mm(ctx.centres, grad)  # [N, 3], contiguous
+        out.view(-1).index_add_(0, flat[1], grad.reshape(-1))
+        return out, None, None, None
 
 
 def shift_vectors(cell: torch.Tensor, edge_system: torch.Tensor, shifts: torch.Tensor,

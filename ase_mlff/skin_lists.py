@@ -123,13 +123,14 @@ class BatchedNeighbors:
         self._edge_system: torch.Tensor | None = None  # [E] system of each edge
         self._needs_filter = True
         self._last: tuple | None = None  # (inside [E] bool, Neighbors) of the previous call
+        self._whole: Neighbors | None = None  # the lists as they are, served while unfiltered
 
     def follow_deformation(self) -> None:
         """From now on the cells may change between calls (``deforming``); the lists built so far stay."""
         if not self.deforming:
             self.deforming = True
             self._needs_filter = self.skin > 0
-            self._last = None
+            self._last = self._whole = None
 
     # -- per call ----------------------------------------------------------------------------
     def __call__(self, batch) -> Neighbors:
@@ -160,7 +161,9 @@ class BatchedNeighbors:
                 bounds = (torch.where(stale, 0.0, moved), None if stretch is None else torch.where(stale, 1.0, stretch),
                           None if squeeze is None else torch.where(stale, 1.0, squeeze))
         if not (self._needs_filter and self.prune):
-            return self._serve(self.edge_index, self.shifts, self._code)
+            if self._whole is None:  # the same object while the lists stand: what edge_vectors stores stays
+                self._whole = self._serve(self.edge_index, self.shifts, self._code)
+            return self._whole
         inside = (_squared_norms(self._vectors(batch)) < self.cutoff ** 2 if self._measure_all()
                   else self._inside(batch, bounds))
         if self._last is not None and torch.equal(inside, self._last[0]):
@@ -173,7 +176,8 @@ class BatchedNeighbors:
 
     def _serve(self, edge_index, shifts, code) -> Neighbors:
         """The Neighbors handed out for these edges (the stored ones or a subset) and their shift codes."""
-        return Neighbors(edge_index, shifts, self.periodic, self._reach, code if self.periodic else None, self.half)
+        return Neighbors(edge_index, shifts, self.periodic, self._reach, code if self.periodic else None, self.half,
+                         ordered=True)
 
     def _measure_all(self) -> bool:
         """Whether the filter measures every stored edge: for a short list (a molecule, a few small
@@ -233,7 +237,7 @@ class BatchedNeighbors:
         self._index_shifts(self._reach)
         self._built = self._built.index_select(0, edges)
         self._edge_system = self._system.index_select(0, self.edge_index[0])
-        self._last = None
+        self._last = self._whole = None
         self._needs_filter = self.skin > 0 and (self.deforming or bool(self.near.any()))
 
     # -- the rule ------------------------------------------------------------------------------
@@ -320,7 +324,7 @@ class BatchedNeighbors:
         elif first:
             self.near = torch.ones_like(stale)
         self._needs_filter = self.skin > 0 and (self.deforming or bool(self.near.any()))
-        self._last = None
+        self._last = self._whole = None
 
     def _index_shifts(self, reach: int) -> None:
         """Each edge's entry in the [B·K] table of S·cell over the K = (2·reach + 1)³ shifts within reach."""

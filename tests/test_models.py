@@ -249,7 +249,7 @@ def test_a_batch_evaluated_in_pieces_equals_the_whole_batch(architecture, edges,
         # balanced: no piece far below the share (a piece ends at a system's end)
         assert min(n.n_edges for _, n in parts) >= size / 4
         calls = []
-        monkeypatch.setattr(forces_module, "energy", lambda *a, calls=calls: calls.append(1) or energy(*a))
+        monkeypatch.setattr(forces_module, "energy", lambda *a, calls=calls, **k: calls.append(1) or energy(*a, **k))
         pieced = compute(model, batch, neighbors, stress=stress, piece_size=size)
         assert len(calls) == len(parts)
         monkeypatch.undo()
@@ -266,7 +266,7 @@ def test_network_batches_are_split_by_default_on_the_cpu_only(monkeypatch):
     neighbors = neighbor_list(batch, model.cutoff)
     monkeypatch.setattr(type(model), "piece_edges_per_thread", neighbors.n_edges // 8)
     calls = []
-    monkeypatch.setattr(forces_module, "energy", lambda *a: calls.append(1) or energy(*a))
+    monkeypatch.setattr(forces_module, "energy", lambda *a, **k: calls.append(1) or energy(*a, **k))
     compute(model, batch, neighbors)
     assert len(calls) > 1  # split at the default size (×threads) on the CPU
     calls.clear()

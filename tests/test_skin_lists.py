@@ -173,3 +173,45 @@ def test_unpruned_lists_hold_pairs_beyond_the_cutoff_and_give_the_exact_lists_nu
         torch.testing.assert_close(a.stress, b.stress, rtol=0, atol=1e-15)
     assert beyond > 0 and lists.rebuilds > 1  # pairs beyond the cutoff were evaluated, lists were rebuilt
 
+
+
+@pytest.mark.parametrize("deforming", [False, True], ids=["fixed", "deforming"])
+@pytest.mark.parametrize("name", ["lennard-jones", "schnet"])
+def test_kept_lists_give_autograds_numbers_through_what_they_store(monkeypatch, name, deforming):
+    """The eager force path on a kept list (``Neighbors.ordered``) differentiates the edge vectors through
+    the stored centre sums and, for fixed cells, stored S·cell: the numbers of the plain autograd path
+    (summed in another order), while the list, and so what it stores, stays the same object across calls;
+    cells that change between calls (deforming) never meet a stale S·cell; the stress differentiates
+    S·cell as before. Training (a second derivative) takes the plain path."""
+    from ase_mlff import neighbors as neighbors_module
+
+    monkeypatch.setattr(neighbors_module, "REUSE_MIN_EDGES", 1)  # these small systems too
+    model = (LennardJones(["Ar", "H", "O"], epsilon=0.01, sigma=3.4, cutoff=CUTOFF) if name == "lennard-jones"
+             else SchNet(["Ar", "H", "O"], cutoff=CUTOFF).double())
+    rng = np.random.default_rng(5)
+    for structures, stress in ((_structures(), False), ([s for s in _structures() if s.pbc.all()], True)):
+        batch = atoms_to_batch(structures)
+        lists = BatchedNeighbors.for_model(model, SKIN, deforming=deforming)
+        served, stored = set(), 0
+        for step in range(8):
+            now = _moved(batch, rng, step) if deforming else batch.replace(
+                positions=batch.positions + torch.from_numpy(rng.normal(scale=0.02, size=batch.positions.shape)))
+            got = lists(now)
+            assert got.ordered
+            served.add(id(got))
+            a = compute(model, now, got, forces=True, stress=stress)
+            stored += "offsets" in got.cache
+            b = compute(model, now, dataclasses.replace(got, ordered=False), forces=True, stress=stress)
+            torch.testing.assert_close(a.energies, b.energies, rtol=0, atol=1e-13)
+            torch.testing.assert_close(a.forces, b.forces, rtol=0, atol=1e-12)
+            if stress:
+                torch.testing.assert_close(a.stress, b.stress, rtol=0, atol=1e-15)
+        assert any(isinstance(key, tuple) and key[0] == "centres" for key in got.cache)
+        # S·cell is stored only for cells that are not differentiated; a fixed-cell list is served again
+        assert stored == (0 if stress else 8)
+        if not deforming:
+            assert len(served) < 8
+    if name == "schnet":  # a force loss: differentiated twice, through the plain path
+        out = compute(model, now, got, forces=True, training=True)
+        out.forces.square().sum().backward()
+        assert sum(float(p.grad.abs().sum()) for p in model.parameters() if p.grad is not None) > 0
