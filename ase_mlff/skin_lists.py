@@ -49,7 +49,11 @@ when or with which other systems a list was built, so MD restarts repeat the
 uninterrupted run bit for bit. When systems leave the batch (converged,
 blown up), :meth:`BatchedNeighbors.select` keeps the lists of the others.
 Per call the host learns one flag (does any system need a rebuild?); the
-rest stays on the device.
+rest stays on the device. The lists are handed out as ``ordered``
+:class:`~ase_mlff.neighbors.Neighbors`, one object for as long as they
+stand, so that what the force path derives from them (its sums over each
+atom's edges, S·cell: :func:`~ase_mlff.neighbors.edge_vectors`) is built
+once per list.
 """
 
 from __future__ import annotations
