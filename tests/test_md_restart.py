@@ -50,6 +50,27 @@ def test_restart_reproduces_uninterrupted_run(tmp_path, ar_files, ensemble):
         assert f.attrs["status"] == "completed" and f.attrs["last_restart_step"] == 70
 
 
+@pytest.mark.parametrize("ensemble", ["nve", "bussi"])
+def test_restart_is_bit_for_bit_through_the_stored_sums(tmp_path, ar_files, ensemble, monkeypatch):
+    """The edge vectors differentiated through what the kept lists store (neighbors.edge_vectors; only
+    lists of ``REUSE_MIN_EDGES`` or more edges take it: this small one when lowered to 1) repeat the
+    uninterrupted run bit for bit too: their sums are deterministic."""
+    from ase_mlff import neighbors
+
+    calls = []
+    reused = neighbors._reused_edge_vectors
+    monkeypatch.setattr(neighbors, "REUSE_MIN_EDGES", 1)
+    monkeypatch.setattr(neighbors, "_reused_edge_vectors", lambda *a: calls.append(1) or reused(*a))
+    structure, model = ar_files
+    common = (*RUN_AR, "--ensemble", ensemble, "-m", model, "--traj-interval", "0")
+    assert invoke(*common, structure, "--steps", 120, "-o", tmp_path / "full").exit_code == 0
+    assert invoke(*common, structure, "--steps", 70, "-o", tmp_path / "part").exit_code == 0
+    result = invoke("run", "-q", "--restart", tmp_path / "part.h5", "--steps", 120)
+    assert result.exit_code == 0, result.output
+    assert len(calls) >= 240  # every force call of the three runs
+    assert_same_frames(tmp_path / "full.h5", tmp_path / "part.h5")
+
+
 def test_restart_refuses_a_different_model_and_a_finished_run(tmp_path, ar_files):
     from ase_mlff import save_model
     from ase_mlff.models import LennardJones

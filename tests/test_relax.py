@@ -109,8 +109,15 @@ def test_expm_frechet_against_scipy():
         np.testing.assert_allclose(ours[k], scipy_frechet(a[k], e[k], compute_expm=False), atol=1e-13)
 
 
+@pytest.mark.parametrize("reuse", [False, True], ids=["autograd", "stored sums"])
 @pytest.mark.parametrize("cell", [False, True])
-def test_batch_of_mixed_sizes_equals_each_alone(cell):
+def test_batch_of_mixed_sizes_equals_each_alone(cell, reuse, monkeypatch):
+    """Also with the edge vectors differentiated through what the kept lists store (neighbors.edge_vectors,
+    which only lists of ``REUSE_MIN_EDGES`` or more edges take: these small ones when lowered to 1)."""
+    if reuse:
+        from ase_mlff import neighbors
+
+        monkeypatch.setattr(neighbors, "REUSE_MIN_EDGES", 1)
     structures = [argon(3), argon(4, repeat=(1, 1, 2)), argon(5, a=5.2, repeat=(2, 1, 1), shear=0.1)]
     if not cell:
         structures.append(cluster())
