@@ -17,7 +17,7 @@ from ase_mlff.batch import atoms_to_batch
 from ase_mlff.compiled import compiled
 from ase_mlff.forces import compute
 from ase_mlff.models import LennardJones, SchNet
-from ase_mlff.neighbors import NeighborList, edge_vectors, one_per_pair, takes_wide_lists
+from ase_mlff.neighbors import NeighborList, edge_vectors, one_per_pair, shift_codes, takes_wide_lists
 from ase_mlff.skin_lists import BatchedNeighbors
 
 CUTOFF, SKIN = 5.0, 1.0
@@ -92,6 +92,11 @@ def test_select_keeps_the_other_systems_lists_exact():
         got, want = lists(now), fresh(now)
         np.testing.assert_array_equal(_rows(got.edge_index, got.shifts),
                                       _sorted(_rows(want.edge_index, want.shifts)))
+        # each edge's row of the S·cell table, moved to its new system, as computed afresh
+        assert torch.equal(got.shift_code, shift_codes(now.system[got.edge_index[0]], got.shifts, got.reach))
+        torch.testing.assert_close(edge_vectors(now.positions, now.cell, now.system, got),
+                                   edge_vectors(now.positions, now.cell, now.system,
+                                                dataclasses.replace(got, shift_code=None)), rtol=0, atol=1e-12)
     assert lists.rebuilds == before  # the kept lists served, renumbered
 
 
