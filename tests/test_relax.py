@@ -28,6 +28,7 @@ from ase_mlff import MLFFCalculator, save_model
 from ase_mlff.models import LennardJones
 from ase_mlff.optimize import FireParameters, relax
 from ase_mlff.optimize.cellfilter import expm_frechet
+from ase_mlff.optimize.neighbors import SkinNeighbors
 
 ARGON = LennardJones(["Ar"], epsilon=0.0104, sigma=3.4, cutoff=8.0)
 
@@ -133,6 +134,75 @@ def test_batch_of_mixed_sizes_equals_each_alone(cell, reuse, monkeypatch):
     if not cell:  # the molecule has no stress; the cells do
         assert "stress" not in together[-1].atoms.calc.results
         assert together[0].atoms.get_stress().shape == (6,)
+
+
+@pytest.mark.parametrize("name", ["lennard-jones", "schnet"])
+def test_final_stress_comes_from_the_kept_lists_and_equals_a_fresh_evaluation(name, monkeypatch):
+    """A positions-only relaxation evaluates the stress of its final cells once more, on the lists each
+    cell had when it left the batch (converged at different steps) or still has (not converged): no
+    neighbor search, and the stress of a fresh MLFFCalculator on the relaxed structures (Lennard-Jones
+    gets the wide lists as they are; SchNet's are pruned to its cutoff first)."""
+    from ase_mlff import neighbors
+    from ase_mlff.optimize import driver
+
+    model = ARGON if name == "lennard-jones" else make_model("schnet", species=("Ar",), cutoff=6.0)
+    structures = [argon(3), argon(4, repeat=(1, 1, 2)), argon(5, a=5.2, repeat=(2, 1, 1), shear=0.1), cluster()]
+    searches, at_final = [], []
+    build, final_stress = neighbors.NeighborList.build, driver._Relaxation._final_stress
+    monkeypatch.setattr(neighbors.NeighborList, "build", lambda self, batch: searches.append(1) or build(self, batch))
+    monkeypatch.setattr(driver._Relaxation, "_final_stress",
+                        lambda self, *a: at_final.append(len(searches)) or final_stress(self, *a))
+    lengths = []
+    final = SkinNeighbors.final
+
+    def measured(self, wanted, sub):
+        got = final(self, wanted, sub)
+        vectors = neighbors.edge_vectors(sub.positions, sub.cell, sub.system, got)
+        lengths.append(torch.linalg.vector_norm(vectors, dim=1))
+        return got
+
+    monkeypatch.setattr(SkinNeighbors, "final", measured)
+    results = relax(structures, calc(model), fmax=1e-3, steps=40)
+    monkeypatch.undo()
+    # the wide lists as they are for LJ (pairs beyond its cutoff included), pruned to the cutoff for SchNet
+    assert (float(lengths[0].max()) >= model.cutoff) == (name == "lennard-jones")
+    if name == "lennard-jones":  # systems left the batch at different steps, one is still relaxing
+        assert len({r.steps for r in results}) > 1 and not all(r.converged for r in results)
+    assert at_final == [len(searches)] and len(searches) >= 1  # no search for the final stress
+    for result in results[:3]:
+        atoms = result.atoms.copy()
+        atoms.calc = calc(model)
+        np.testing.assert_allclose(result.atoms.get_stress(), atoms.get_stress(), atol=1e-12, rtol=0)
+    assert "stress" not in results[3].atoms.calc.results  # the molecule
+
+
+class _FailingOnKrypton(LennardJones):
+    """LJ whose krypton atoms get a NaN energy from the third call on (a model that breaks mid-run)."""
+
+    zero_beyond_cutoff = True
+    calls = 0
+
+    def atomic_outputs(self, species, edge_index, edge_vectors, half: bool = False):
+        y = super().atomic_outputs(species, edge_index, edge_vectors, half=half)
+        type(self).calls += 1
+        if type(self).calls >= 3:
+            y = torch.where(species == self.species.index("Kr"), float("nan"), y)
+        return y
+
+
+def test_a_structure_that_breaks_stops_and_the_others_final_stress_stands():
+    """Non-finite energy or forces stop that structure (not relaxed, marked), the others relax on, and
+    their final stress, from the kept lists, is that of a fresh evaluation."""
+    model = _FailingOnKrypton(["Ar", "Kr"], epsilon=0.0104, sigma=3.4, cutoff=8.0)
+    structures = [argon(3), argon(4, repeat=(1, 1, 2))]
+    structures[1].symbols[0] = "Kr"
+    results = relax(structures, calc(model), fmax=1e-3)
+    assert results[0].converged and not results[1].converged
+    assert results[1].message == "non-finite energy or forces at step 2; not relaxed"
+    assert not results[1].atoms.info["converged"]
+    atoms = results[0].atoms.copy()
+    atoms.calc = calc()
+    np.testing.assert_allclose(results[0].atoms.get_stress(), atoms.get_stress(), atol=1e-12, rtol=0)
 
 
 def test_not_converged_is_reported_and_marked():

@@ -227,7 +227,8 @@ class _Relaxation:
         self.want_stress = cell
         backend = calc.parameters.get("neighbor_backend", "auto")
         self.neighbor_list = NeighborList(calc.model.cutoff, backend)
-        self.skin_lists = SkinNeighbors.for_model(calc.model, float(calc.parameters.get("skin", 1.0)), backend)
+        self.skin_lists = SkinNeighbors.for_model(calc.model, float(calc.parameters.get("skin", 1.0)), backend,
+                                                  system=batch.system)
         self.state = fire_state(self.row_system.shape[0], self.b, fire, batch.positions)
         self.energy = batch.cell.new_zeros(self.b)
         self.forces = batch.positions.new_zeros((self.n, 3))
@@ -322,11 +323,14 @@ class _Relaxation:
 
     # -- results ------------------------------------------------------------------
     def _final_stress(self, positions, cell) -> None:
-        """Stress of the final periodic structures of a positions-only run (one more model call)."""
+        """Stress of the final periodic structures of a positions-only run (one more model call, on the
+        lists each structure had at its last evaluation: :meth:`SkinNeighbors.final`)."""
         if self.want_stress or not bool(self.periodic.any()):
             return
         sub, _ = self._active_batch(self.periodic, positions, cell)
-        neighbors = self.neighbor_list(sub)
+        neighbors = self.skin_lists.final(self.periodic, sub)
+        if neighbors is None:  # a structure that blew up: a fresh search, as for anything else
+            neighbors = self.neighbor_list(sub)
         calc = self.calc
         out = compute(calc.evaluator, sub, neighbors, forces=True, stress=True, dtype=calc.dtype)
         self.stress[self._subset[2]] = out.stress.detach().to(torch.float64)
