@@ -19,7 +19,7 @@ import torch
 
 from ..batch import Batch
 from ..neighbors import Neighbors, edge_vectors, largest_shift
-from ..skin_lists import BatchedNeighbors
+from ..skin_lists import BatchedNeighbors, _squared_norms
 
 
 class SkinNeighbors(BatchedNeighbors):
@@ -71,9 +71,13 @@ class SkinNeighbors(BatchedNeighbors):
             return
         leaving = (before & ~active)[before]  # [B_before]: in the lists' system indexing
         edges = torch.nonzero(leaving.index_select(0, self._edge_system)).squeeze(1)
-        atoms = torch.nonzero(before[self.system]).squeeze(1)  # the lists' atom -> the whole relaxation's
-        self._left.append((atoms.index_select(0, self.edge_index.index_select(1, edges).reshape(-1)).view(2, -1),
+        self._left.append((self._in_whole(before, self.edge_index.index_select(1, edges)),
                            self.shifts.index_select(0, edges)))
+
+    def _in_whole(self, systems: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """``edge_index`` of lists that follow the ``systems`` [B] renumbered to the whole relaxation's atoms."""
+        atoms = torch.nonzero(systems[self.system]).squeeze(1)  # the lists' atom -> the whole relaxation's
+        return atoms.index_select(0, edge_index.reshape(-1)).view(2, -1)
 
     def final(self, wanted: torch.Tensor, sub: Batch) -> Neighbors | None:
         """Edges of the ``wanted`` systems [B] at their final geometry ``sub`` (those systems alone),
@@ -88,8 +92,7 @@ class SkinNeighbors(BatchedNeighbors):
             return None
         parts = list(self._left)
         if self._active is not None:  # the systems still relaxing: their current lists
-            atoms = torch.nonzero(self._active[1][self.system]).squeeze(1)
-            parts.append((atoms.index_select(0, self.edge_index.reshape(-1)).view(2, -1), self.shifts))
+            parts.append((self._in_whole(self._active[1], self.edge_index), self.shifts))
         edge_index = torch.cat([p[0] for p in parts], 1)
         shifts = torch.cat([p[1] for p in parts])
         atom_wanted = wanted[self.system]
@@ -99,8 +102,9 @@ class SkinNeighbors(BatchedNeighbors):
         shifts = shifts.index_select(0, kept)
         neighbors = Neighbors(edge_index, shifts, bool(sub.pbc.any()), largest_shift(shifts), half=self.half)
         if self.prune:
-            inside = torch.linalg.vector_norm(edge_vectors(sub.positions, sub.cell, sub.system, neighbors), dim=1)
-            kept = torch.nonzero(inside < self.cutoff).squeeze(1)
+            # the skin lists' own filter, so that an edge at the cutoff is decided as in every call
+            inside = _squared_norms(edge_vectors(sub.positions, sub.cell, sub.system, neighbors)) < self.cutoff ** 2
+            kept = torch.nonzero(inside).squeeze(1)
             neighbors = Neighbors(edge_index.index_select(1, kept), shifts.index_select(0, kept), neighbors.periodic,
                                   neighbors.reach, half=self.half)
         return neighbors
